@@ -1,0 +1,338 @@
+"""The depth shard format: one sample per key in plain POSIX tar files.
+
+Members of a sample ``<key>`` (``<key>.<member>`` inside the tar):
+
+``rgb.png`` | ``rgb.jpg``
+    8-bit sRGB, 3 channels.
+``depth.npy``
+    (H, W) planar (z-buffer) depth in metres, float16 or float32. 0 or non-finite means invalid.
+``mask.png`` (optional)
+    uint8, nonzero = valid. Absent: valid = finite and > 0.
+``sky.png`` (optional)
+    uint8, nonzero = sky. Sky pixels carry depth 0 in ``depth.npy`` and are never valid.
+``meta.json``
+    At least ``dataset``, ``fx``, ``fy``, ``cx``, ``cy`` (pixels, at the stored resolution).
+
+This module only encodes and decodes samples and reads/writes tar files; it knows nothing about
+sources, transforms or the model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+RGB_MEMBERS = ("rgb.png", "rgb.jpg")
+DEPTH_MEMBER = "depth.npy"
+MASK_MEMBER = "mask.png"
+SKY_MEMBER = "sky.png"
+META_MEMBER = "meta.json"
+REQUIRED_META = ("dataset", "fx", "fy", "cx", "cy")
+DEPTH_DTYPES = ("float16", "float32")
+RGB_FORMATS = ("png", "jpg")
+# float16 cannot represent more than 65504; anything beyond that becomes inf (= invalid) on purpose.
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class SampleError(ValueError):
+    """A sample (or one of its members) is missing, undecodable or inconsistent."""
+
+
+class ShardError(OSError):
+    """A shard cannot be opened or its tar stream is truncated/corrupt."""
+
+
+@dataclass
+class DepthSample:
+    """A decoded sample at its stored resolution."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8, RGB order
+    depth: np.ndarray  # (H, W) float32 metres, 0 where invalid or sky
+    mask: np.ndarray  # (H, W) bool, valid depth (never sky)
+    sky: np.ndarray  # (H, W) bool
+    meta: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+
+# --------------------------------------------------------------------------------------------------
+# encoding
+
+
+def _encode_png(array: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise SampleError(f"cv2 could not encode a PNG of shape {array.shape} dtype {array.dtype}")
+    return buf.tobytes()
+
+
+def encode_rgb(rgb: np.ndarray, fmt: str = "png", jpg_quality: int = 95) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB array as PNG or JPEG bytes."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise SampleError(f"rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    if fmt == "png":
+        return _encode_png(bgr)
+    if fmt == "jpg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpg_quality)])
+        if not ok:
+            raise SampleError("cv2 could not encode a JPEG")
+        return buf.tobytes()
+    raise ValueError(f"rgb format must be one of {RGB_FORMATS}, got {fmt!r}")
+
+
+def encode_depth(depth: np.ndarray, dtype: str = "float16") -> bytes:
+    """Encode (H, W) metres as ``.npy``; invalid pixels (non-finite, <= 0) are stored as 0."""
+    if dtype not in DEPTH_DTYPES:
+        raise ValueError(f"depth dtype must be one of {DEPTH_DTYPES}, got {dtype!r}")
+    if depth.ndim != 2:
+        raise SampleError(f"depth must be (H, W), got shape {depth.shape}")
+    d = np.asarray(depth, dtype=np.float32)
+    d = np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(dtype)
+    buf = io.BytesIO()
+    np.save(buf, d, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(
+    key: str,
+    rgb: np.ndarray,
+    depth: np.ndarray,
+    meta: dict[str, Any],
+    mask: np.ndarray | None = None,
+    sky: np.ndarray | None = None,
+    rgb_format: str = "png",
+    depth_dtype: str = "float16",
+    jpg_quality: int = 95,
+    rgb_bytes: bytes | None = None,
+) -> dict[str, bytes]:
+    """Turn arrays into the tar members of one sample (``{member_name: bytes}`` plus ``__key__``).
+
+    ``rgb_bytes`` passes already-encoded image bytes through unchanged (e.g. Hypersim's JPEGs, so
+    they are not re-compressed); ``rgb_format`` must then name their format. ``sky`` pixels are
+    forced invalid (depth 0). ``mask`` is only written when it says more than "depth is valid".
+    """
+    if not _KEY_RE.match(key):
+        raise SampleError(f"sample key {key!r} must match {_KEY_RE.pattern} (no dots or slashes)")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise SampleError(f"{key}: meta.json lacks required fields {missing}")
+    h, w = depth.shape[:2]
+    if rgb.shape[:2] != (h, w):
+        raise SampleError(f"{key}: rgb is {rgb.shape[:2]} but depth is {(h, w)}")
+    depth = np.asarray(depth, dtype=np.float32).copy()
+    valid = np.isfinite(depth) & (depth > 0)
+    if depth_dtype == "float16":
+        valid &= depth <= _FLOAT16_MAX
+    members: dict[str, bytes] = {"__key__": key}  # type: ignore[dict-item]
+    if sky is not None:
+        sky = np.asarray(sky, dtype=bool)
+        if sky.shape != (h, w):
+            raise SampleError(f"{key}: sky mask is {sky.shape}, expected {(h, w)}")
+        valid &= ~sky
+        members[SKY_MEMBER] = _encode_png(sky.astype(np.uint8) * 255)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (h, w):
+            raise SampleError(f"{key}: mask is {mask.shape}, expected {(h, w)}")
+        if np.any(valid & ~mask):
+            members[MASK_MEMBER] = _encode_png((mask & valid).astype(np.uint8) * 255)
+        valid &= mask
+    depth[~valid] = 0.0
+    if rgb_bytes is not None:
+        members[f"rgb.{rgb_format}"] = rgb_bytes
+    else:
+        members[f"rgb.{rgb_format}"] = encode_rgb(rgb, rgb_format, jpg_quality)
+    members[DEPTH_MEMBER] = encode_depth(depth, depth_dtype)
+    meta = {**meta, "height": int(h), "width": int(w), "depth_dtype": depth_dtype, "has_sky": sky is not None}
+    members[META_MEMBER] = json.dumps(meta, sort_keys=True).encode()
+    return members
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding
+
+
+def _decode_png_gray(data: bytes, what: str, key: str) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise SampleError(f"{key}: {what} is not a decodable PNG")
+    if arr.ndim != 2:
+        raise SampleError(f"{key}: {what} must be single-channel, got shape {arr.shape}")
+    return arr
+
+
+def decode_sample(members: dict[str, Any]) -> DepthSample:
+    """Decode the raw members of one sample (as grouped from a tar) into a :class:`DepthSample`.
+
+    Raises :class:`SampleError` naming the key and member on any inconsistency: missing member,
+    undecodable image, depth not 2-D, shapes that disagree, meta without required fields.
+    """
+    key = str(members.get("__key__", "?"))
+    rgb_name = next((m for m in RGB_MEMBERS if m in members), None)
+    for name, present in ((f"rgb.png|rgb.jpg", rgb_name), (DEPTH_MEMBER, DEPTH_MEMBER in members)):
+        if not present:
+            have = sorted(k for k in members if not k.startswith("__"))
+            raise SampleError(f"{key}: missing member {name} (has {have})")
+    if META_MEMBER not in members:
+        raise SampleError(f"{key}: missing member {META_MEMBER}")
+    try:
+        meta = json.loads(members[META_MEMBER])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SampleError(f"{key}: meta.json is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or any(k not in meta for k in REQUIRED_META):
+        raise SampleError(f"{key}: meta.json must be an object with fields {list(REQUIRED_META)}")
+
+    bgr = cv2.imdecode(np.frombuffer(members[rgb_name], np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SampleError(f"{key}: {rgb_name} is not a decodable image")
+    rgb = bgr[..., ::-1]
+    try:
+        depth = np.load(io.BytesIO(members[DEPTH_MEMBER]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SampleError(f"{key}: depth.npy is not a readable .npy ({exc})") from None
+    if depth.ndim != 2 or depth.dtype.kind != "f":
+        raise SampleError(f"{key}: depth.npy must be a 2-D float array, got {depth.shape} {depth.dtype}")
+    if depth.shape != rgb.shape[:2]:
+        raise SampleError(f"{key}: depth.npy is {depth.shape} but {rgb_name} is {rgb.shape[:2]}")
+    depth = depth.astype(np.float32)
+    valid = np.isfinite(depth) & (depth > 0)
+    if MASK_MEMBER in members:
+        m = _decode_png_gray(members[MASK_MEMBER], MASK_MEMBER, key)
+        if m.shape != depth.shape:
+            raise SampleError(f"{key}: mask.png is {m.shape}, expected {depth.shape}")
+        valid &= m > 0
+    if SKY_MEMBER in members:
+        sky = _decode_png_gray(members[SKY_MEMBER], SKY_MEMBER, key) > 0
+        if sky.shape != depth.shape:
+            raise SampleError(f"{key}: sky.png is {sky.shape}, expected {depth.shape}")
+        valid &= ~sky
+    else:
+        sky = np.zeros(depth.shape, dtype=bool)
+    depth[~valid] = 0.0
+    return DepthSample(rgb=rgb, depth=depth, mask=valid, sky=sky, meta=meta, key=key)
+
+
+# --------------------------------------------------------------------------------------------------
+# tar reading / writing
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``"dir/abc.rgb.png"`` -> ``("dir/abc", "rgb.png")`` (key = path up to the basename's first dot)."""
+    dirname, base = os.path.split(name)
+    if "." not in base:
+        return name, ""
+    stem, ext = base.split(".", 1)
+    return (f"{dirname}/{stem}" if dirname else stem), ext
+
+
+def iter_tar_samples(fileobj, url: str = "") -> Iterator[dict[str, Any]]:
+    """Stream samples ``{"__key__", "__url__", member: bytes}`` from a tar file object.
+
+    Members of one key must be contiguous (the writer guarantees it). A truncated or corrupt tar
+    stream raises :class:`ShardError` after yielding every complete sample before the damage; the
+    sample that was being assembled when the damage happened is dropped.
+    """
+    current: dict[str, Any] | None = None
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = split_member_name(info.name)
+                if not ext:
+                    continue
+                f = tar.extractfile(info)
+                data = f.read() if f is not None else b""
+                if len(data) != info.size:
+                    raise ShardError(f"{url}: member {info.name} is truncated")
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__url__": url}
+                current[ext] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, ShardError):
+            raise
+        raise ShardError(f"{url}: corrupt or truncated tar ({type(exc).__name__}: {exc})") from None
+    if current is not None:
+        yield current
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o444
+    info.mtime = 0  # deterministic bytes: identical inputs give identical shards
+    info.uname = info.gname = ""
+    return info
+
+
+def write_shard_atomic(path: str | Path, samples: list[dict[str, bytes]]) -> int:
+    """Write encoded samples to ``path`` as an uncompressed POSIX tar, atomically.
+
+    The tar is written to ``<path>.tmp-<pid>`` in the same directory, fsynced, then renamed, so a
+    crash never leaves a half-written shard under the final name. Returns the number of bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        with open(tmp, "wb") as fh:
+            with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for sample in samples:
+                    key = sample["__key__"]
+                    for member, data in sample.items():
+                        if member.startswith("__"):
+                            continue
+                        tar.addfile(_tarinfo(f"{key}.{member}", len(data)), io.BytesIO(data))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path.stat().st_size
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def expand_shard_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Expand a brace pattern (``dir/shard-{000000..000009}.tar``), a directory or a list of either.
+
+    A directory expands to its ``*.tar`` files in sorted order. Raises ``ValueError`` when nothing
+    is left, naming the pattern.
+    """
+    import braceexpand  # a webdataset dependency; imported lazily to keep this module light
+
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"shard urls must be strings, got {type(item).__name__}: {item!r}")
+        if "://" not in item and not item.startswith("pipe:") and os.path.isdir(item):
+            out.extend(sorted(str(p) for p in Path(item).glob("*.tar")))
+        else:
+            out.extend(braceexpand.braceexpand(os.path.expanduser(item)))
+    if not out:
+        raise ValueError(f"shard pattern {urls!r} expands to no shards")
+    return out

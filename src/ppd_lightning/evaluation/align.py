@@ -1,0 +1,282 @@
+"""Batched alignment of affine-invariant predictions to ground truth, in torch.
+
+Two alignments, one implementation each, shared by ``evaluate.py`` and the training validation:
+
+* :func:`align_least_squares` (``marigold`` protocol): per image, the scale and shift minimising
+  ``sum_valid (s * p + t - d)^2`` in depth space (``lstsq([p, 1], d)``), closed form.
+* :func:`align_log_ransac` (``ppd`` protocol): per image, ``log(d + 1) ~= a * p + b`` fitted by
+  RANSAC with the semantics of scikit-learn's ``RANSACRegressor(max_trials=1000)`` on a
+  ``LinearRegression``: 2-point minimal samples, residual threshold = median absolute deviation
+  (MAD) of ``log(d + 1)`` over the valid pixels, inliers ``|residual| <= threshold``, the model
+  with the most inliers wins, dynamic stopping at ``stop_probability`` and a least-squares refit on
+  the winner's inliers. If the fitted slope is not positive, the fallback is the ratio of means
+  ``a = mean(log(d + 1)) / mean(p), b = 0``; the result is ``exp(a * p + b) - 1`` clipped to
+  ``[1e-3, max valid d]`` per image.
+
+Everything is vectorised over images and RANSAC trials: no per-image Python loop. Inputs are
+``(B, H, W)`` (or ``(B, 1, H, W)``) tensors plus a bool mask of the same shape; the output has the
+input's shape. Images without enough valid pixels are returned unchanged (least squares: fewer than
+one valid pixel) or with the fallback (RANSAC).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "align_least_squares",
+    "align_log_ransac",
+    "fit_least_squares",
+    "fit_log_ransac",
+    "masked_median",
+]
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"expected (B,1,H,W) or (B,H,W), got {tuple(x.shape)}")
+        x = x[:, 0]
+    if x.dim() != 3:
+        raise ValueError(f"expected (B,1,H,W) or (B,H,W), got {tuple(x.shape)}")
+    return x.reshape(x.shape[0], -1)
+
+
+def _check(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> None:
+    if pred.shape != gt.shape or pred.shape != mask.shape:
+        raise ValueError(
+            f"pred, gt and mask must have the same shape, got {tuple(pred.shape)}, "
+            f"{tuple(gt.shape)}, {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+
+
+def _weighted_lstsq(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row least squares ``y ~= a * x + b`` over the entries where ``w`` is true.
+
+    ``x, y``: (B, N) float; ``w``: (B, N) bool. Sums are accumulated in float64 around the row
+    means (numerically the same as ``np.linalg.lstsq`` on these sizes). Rows with fewer than one
+    selected entry get ``a = 0, b = 0``; rows where ``x`` is constant get ``a = 0, b = mean(y)``
+    (the minimum-norm solution of the centred problem, as ``LinearRegression`` gives).
+    """
+    wd = w.to(torch.float64)
+    n = wd.sum(1)
+    safe_n = n.clamp_min(1.0)
+    xd = x.to(torch.float64)
+    yd = y.to(torch.float64)
+    mx = (xd * wd).sum(1) / safe_n
+    my = (yd * wd).sum(1) / safe_n
+    cx = (xd - mx[:, None]) * wd
+    cy = (yd - my[:, None]) * wd
+    sxx = (cx * cx).sum(1)
+    sxy = (cx * cy).sum(1)
+    degenerate = sxx <= 1e-12 * n.clamp_min(1.0) * (mx * mx + 1.0)
+    a = torch.where(degenerate, torch.zeros_like(sxx), sxy / torch.where(degenerate, 1.0, sxx))
+    b = my - a * mx
+    empty = n < 1
+    a = torch.where(empty, torch.zeros_like(a), a)
+    b = torch.where(empty, torch.zeros_like(b), b)
+    return a, b
+
+
+def fit_least_squares(
+    pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image ``(scale, shift)`` (float64, shape (B,)) minimising ``||scale*pred + shift - gt||``
+    over ``mask``."""
+    _check(pred, gt, mask)
+    return _weighted_lstsq(_flatten(pred), _flatten(gt), _flatten(mask))
+
+
+def align_least_squares(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scale-and-shift ``pred`` onto ``gt`` in depth space (marigold protocol); no clipping.
+
+    Images without a valid pixel are returned unchanged.
+    """
+    scale, shift = fit_least_squares(pred, gt, mask)
+    has = _flatten(mask).any(1)
+    scale = torch.where(has, scale, torch.ones_like(scale))
+    shift = torch.where(has, shift, torch.zeros_like(shift))
+    view = (-1,) + (1,) * (pred.dim() - 1)
+    return (pred.to(torch.float64) * scale.view(view) + shift.view(view)).to(pred.dtype)
+
+
+def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row median of ``x`` (B, N) over ``mask`` (B, N), NaN for empty rows.
+
+    Matches ``np.median``: the mean of the two middle values when the count is even.
+    """
+    nan = torch.full_like(x, float("nan"))
+    xv = torch.where(mask, x, nan)
+    lower = torch.nanmedian(xv, dim=1).values
+    upper = -torch.nanmedian(-xv, dim=1).values
+    return 0.5 * (lower + upper)
+
+
+def _sample_valid(cum: torch.Tensor, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the ``k``-th valid entries (0-based) given the per-row cumulative count."""
+    # first position where the running count of valid pixels reaches k + 1
+    idx = torch.searchsorted(cum, (k + 1).to(cum.dtype))
+    return idx.clamp_max(cum.shape[1] - 1)
+
+
+def _randint_below(n: torch.Tensor, shape: tuple[int, ...], generator, device) -> torch.Tensor:
+    """Uniform integers in ``[0, n_b)`` for each row b (``n`` of shape (B,), result (B, *shape))."""
+    gen_device = generator.device if generator is not None else device
+    u = torch.rand((n.shape[0], *shape), generator=generator, device=gen_device, dtype=torch.float64)
+    u = u.to(device)
+    view = (-1,) + (1,) * len(shape)
+    k = torch.floor(u * n.view(view).to(torch.float64)).long()
+    return torch.minimum(k, (n.view(view) - 1).clamp_min(0))
+
+
+def fit_log_ransac(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    mask: torch.Tensor,
+    max_trials: int = 1000,
+    generator: torch.Generator | None = None,
+    stop_probability: float = 0.99,
+    max_score_points: int | None = 65536,
+    chunk_trials: int = 64,
+    max_chunk_elements: int = 1 << 24,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RANSAC fit of ``log(gt + 1) ~= a * pred + b`` per image; returns ``(a, b)`` as float64 (B,).
+
+    Trials run in chunks of ``chunk_trials`` for all images at once; after each chunk, images whose
+    best inlier ratio ``w`` satisfies scikit-learn's stopping rule
+    ``trials >= log(1 - stop_probability) / log(1 - w^2)`` stop, and the loop ends when all have
+    stopped or ``max_trials`` is reached. Inliers are counted on at most ``max_score_points``
+    valid pixels per image drawn at random (``None``: all valid pixels); the final inlier set of
+    the winning model and the least-squares refit always use all valid pixels. With ``a <= 0``
+    (or no usable fit) the fallback of the ppd evaluation applies (see :func:`align_log_ransac`).
+    """
+    _check(pred, gt, mask)
+    x = _flatten(pred).to(torch.float32)
+    m = _flatten(mask)
+    y = torch.log1p(_flatten(gt).to(torch.float32).clamp_min(0.0))
+    m = m & torch.isfinite(x) & torch.isfinite(y)
+    y = torch.where(m, y, torch.zeros_like(y))
+    x = torch.where(m, x, torch.zeros_like(x))
+    bsz, npix = x.shape
+    device = x.device
+    n = m.sum(1)
+
+    # residual threshold: MAD of the targets (scikit-learn's default)
+    med = masked_median(y, m)
+    thr = masked_median((y - med[:, None]).abs(), m)
+    thr = torch.nan_to_num(thr, nan=0.0)
+
+    # the points on which inliers are counted
+    cum = m.cumsum(1)
+    if max_score_points is not None and max_score_points < npix:
+        s_idx = _sample_valid(cum, n, _randint_below(n, (max_score_points,), generator, device))
+        xs, ys, ms = x.gather(1, s_idx), y.gather(1, s_idx), m.gather(1, s_idx)
+        # rows with fewer valid pixels than the budget: count on all of them instead
+        use_all = n <= max_score_points
+    else:
+        xs, ys, ms = x, y, m
+        use_all = None
+
+    best_cnt = torch.full((bsz,), -1, dtype=torch.long, device=device)
+    best_a = torch.zeros(bsz, dtype=torch.float32, device=device)
+    best_b = torch.zeros(bsz, dtype=torch.float32, device=device)
+    done = n < 2
+    trials_done = 0
+    log_fail = math.log(1.0 - stop_probability) if stop_probability < 1 else -math.inf
+    npts = xs.shape[1]
+    chunk = max(1, min(chunk_trials, max_chunk_elements // max(1, bsz * npts)))
+    while trials_done < max_trials and not bool(done.all()):
+        t = min(chunk, max_trials - trials_done)
+        # two distinct valid pixels per trial
+        k1 = _randint_below(n, (t,), generator, device)
+        k2 = _randint_below((n - 1).clamp_min(1), (t,), generator, device)
+        k2 = k2 + (k2 >= k1).long()
+        i1, i2 = _sample_valid(cum, n, k1), _sample_valid(cum, n, k2)
+        x1, x2, y1, y2 = x.gather(1, i1), x.gather(1, i2), y.gather(1, i1), y.gather(1, i2)
+        dx = x2 - x1
+        ok = dx.abs() > 0
+        a = torch.where(ok, (y2 - y1) / torch.where(ok, dx, torch.ones_like(dx)), torch.zeros_like(dx))
+        b = y1 - a * x1
+        # (B, t, P) inlier test
+        res = (ys[:, None, :] * 1.0 - (a[:, :, None] * xs[:, None, :] + b[:, :, None])).abs()
+        inl = (res <= thr[:, None, None]) & ms[:, None, :]
+        cnt = inl.sum(2)
+        cnt = torch.where(ok, cnt, torch.full_like(cnt, -1))
+        c_best, j = cnt.max(1)
+        better = (c_best > best_cnt) & ~done
+        best_cnt = torch.where(better, c_best, best_cnt)
+        best_a = torch.where(better, a.gather(1, j[:, None]).squeeze(1), best_a)
+        best_b = torch.where(better, b.gather(1, j[:, None]).squeeze(1), best_b)
+        trials_done += t
+        # dynamic stopping (scikit-learn's _dynamic_max_trials)
+        denom_pts = ms.sum(1) if use_all is None else torch.where(use_all, n, ms.sum(1))
+        w = best_cnt.clamp_min(0).to(torch.float64) / denom_pts.clamp_min(1).to(torch.float64)
+        p_no_outlier = 1.0 - w**2
+        need = torch.where(
+            p_no_outlier <= 0,
+            torch.zeros_like(w),
+            torch.where(
+                p_no_outlier >= 1,
+                torch.full_like(w, math.inf),
+                log_fail / torch.log(p_no_outlier.clamp(1e-300, 1 - 1e-16)),
+            ),
+        )
+        done = done | (trials_done >= need)
+
+    # final inliers of the winner on all valid pixels, then the least-squares refit
+    res = (y - (best_a[:, None] * x + best_b[:, None])).abs()
+    inl = (res <= thr[:, None]) & m & (best_cnt[:, None] >= 0)
+    a_fit, b_fit = _weighted_lstsq(x, y, inl)
+    usable = inl.sum(1) >= 1
+    # no usable fit: the reference's `except` branch, a = 1, b = 0
+    a_fit = torch.where(usable, a_fit, torch.ones_like(a_fit))
+    b_fit = torch.where(usable, b_fit, torch.zeros_like(b_fit))
+    # fallback for a non-positive slope: ratio of means in log space
+    safe_n = n.clamp_min(1).to(torch.float64)
+    mean_x = (x.to(torch.float64) * m).sum(1) / safe_n
+    mean_y = (y.to(torch.float64) * m).sum(1) / safe_n
+    ratio = torch.where(mean_x != 0, mean_y / torch.where(mean_x != 0, mean_x, 1.0), torch.ones_like(mean_x))
+    pos = a_fit > 0
+    a_out = torch.where(pos, a_fit, ratio)
+    b_out = torch.where(pos, b_fit, torch.zeros_like(b_fit))
+    return a_out, b_out
+
+
+def align_log_ransac(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    mask: torch.Tensor,
+    max_trials: int = 1000,
+    generator: torch.Generator | None = None,
+    stop_probability: float = 0.99,
+    max_score_points: int | None = 65536,
+    min_depth: float = 1e-3,
+) -> torch.Tensor:
+    """Align ``pred`` (affine-invariant in ``log(d + 1)`` space) to metric depth (ppd protocol).
+
+    Fits ``log(gt + 1) ~= a * pred + b`` with :func:`fit_log_ransac`, returns
+    ``exp(a * pred + b) - 1`` clipped to ``[min_depth, max valid gt]`` per image (images with no
+    valid pixel: clipped below at ``min_depth`` only).
+    """
+    a, b = fit_log_ransac(
+        pred,
+        gt,
+        mask,
+        max_trials=max_trials,
+        generator=generator,
+        stop_probability=stop_probability,
+        max_score_points=max_score_points,
+    )
+    view = (-1,) + (1,) * (pred.dim() - 1)
+    out = torch.expm1(pred.to(torch.float64) * a.view(view) + b.view(view))
+    g = _flatten(gt)
+    mf = _flatten(mask) & torch.isfinite(g)
+    gmax = torch.where(mf, g, torch.full_like(g, -math.inf)).amax(1).to(torch.float64)
+    gmax = torch.where(torch.isfinite(gmax), gmax, torch.full_like(gmax, math.inf))
+    gmax = torch.maximum(gmax, torch.full_like(gmax, min_depth))
+    out = torch.minimum(out.clamp_min(min_depth), gmax.view(view))
+    return out.to(pred.dtype if pred.is_floating_point() else torch.float32)

@@ -1,0 +1,105 @@
+"""PixelPerfectDepth: frozen semantic encoder + Cascade SP-DiT + Euler sampler."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ppd_lightning.flow import EulerSampler
+from ppd_lightning.models.dit import CascadeSPDiT
+from ppd_lightning.models.semantics import SemanticEncoder
+
+TRAIN_AREA = 1024 * 768  # the released model's second training stage
+
+
+def fit_to_area(height: int, width: int, area: int, multiple: int) -> tuple[int, int]:
+    """Size with about ``area`` pixels and the aspect of (height, width), sides rounded to ``multiple``."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    scale = math.sqrt(area / (height * width))
+    h = max(multiple, round(height * scale / multiple) * multiple)
+    w = max(multiple, round(width * scale / multiple) * multiple)
+    return h, w
+
+
+class PixelPerfectDepth(nn.Module):
+    """Monocular relative depth by flow matching in pixel space.
+
+    ``sample`` runs the sampler at the given (valid) size and returns the model's depth, which is
+    normalised log-depth: affine-invariant in log(d + 1) (``x0 + 0.5`` as the released model returns it).
+    ``infer`` accepts any image size: it resizes to about ``area`` pixels (keeping the aspect, sides
+    multiples of the DiT's size multiple), samples, and brings the prediction back to the input size.
+    """
+
+    def __init__(self, dit: CascadeSPDiT, encoder: SemanticEncoder | None = None, steps: int = 4):
+        super().__init__()
+        if dit.uses_semantics and encoder is None:
+            raise ValueError(f"the {dit.variant} DiT needs a semantic encoder")
+        if encoder is not None and dit.uses_semantics and encoder.embed_dim != dit.semantic_dim:
+            raise ValueError(
+                f"semantic encoder width {encoder.embed_dim} does not match the DiT's semantic_dim {dit.semantic_dim}"
+            )
+        self.dit = dit
+        self.encoder = encoder if dit.uses_semantics else None
+        self.sampler = EulerSampler(steps)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.dit.size_multiple
+
+    def semantics(self, image: torch.Tensor) -> torch.Tensor | None:
+        return None if self.encoder is None else self.encoder(image)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        image: torch.Tensor,
+        steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """image (B,3,H,W) in [0,1], sides multiples of ``size_multiple`` -> depth (B,1,H,W)."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1], got {tuple(image.shape)}")
+        B, _, H, W = image.shape
+        shape = (B, 1, H, W)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=image.device if generator is None else generator.device)
+            noise = noise.to(image.device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must be {shape} for this image, got {tuple(noise.shape)}")
+        semantics = self.semantics(image)
+        x0 = self.sampler.sample(lambda x, t: self.dit(x, image, semantics, t), noise.float(), steps)
+        return x0 + 0.5
+
+    @torch.no_grad()
+    def infer(
+        self,
+        image: torch.Tensor,
+        steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        area: int = TRAIN_AREA,
+        output_mode: str = "nearest-exact",
+    ) -> torch.Tensor:
+        """Any-size image (B,3,H,W) in [0,1] -> depth (B,1,H,W) at the input size.
+
+        The image is resized with antialiased bilinear filtering; the prediction comes back with
+        ``output_mode`` (nearest by default: interpolating depth across an edge invents flying pixels).
+        ``noise``, if given, must have the working size (see ``working_size``).
+        """
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1], got {tuple(image.shape)}")
+        H, W = image.shape[-2:]
+        h, w = self.working_size(H, W, area)
+        x = image if (h, w) == (H, W) else F.interpolate(image, (h, w), mode="bilinear", antialias=True)
+        depth = self.sample(x.clamp(0, 1), steps=steps, noise=noise, generator=generator)
+        if (h, w) != (H, W):
+            depth = F.interpolate(depth, (H, W), mode=output_mode)
+        return depth
+
+    def working_size(self, height: int, width: int, area: int = TRAIN_AREA) -> tuple[int, int]:
+        return fit_to_area(height, width, area, self.size_multiple)

@@ -1,0 +1,138 @@
+"""Frozen semantic encoder: Depth Anything V2's DINOv2 ViT, built from timm.
+
+It maps an RGB image in [0, 1] (sides multiples of 16) to L2-normalisable tokens on the H/16 x W/16
+grid exactly as Depth Anything V2's ``forward_semantics`` does: ImageNet normalisation, bicubic resize
+to (H/16*14, W/16*14), a patch-14 ViT whose position embedding is resized bicubically with
+``scale_factor = (grid + 0.1) / grid0`` (DINOv2's historical offset, not an exact-size resize, which
+gives different numbers), and the final-norm patch tokens of the last block.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from timm.layers import SwiGLUPacked
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# DINOv2 family sizes (embed_dim, depth, num_heads). Every member has 64-dim heads.
+DINOV2_SIZES: dict[str, tuple[int, int, int]] = {
+    "vits": (384, 12, 6),
+    "vitb": (768, 12, 12),
+    "vitl": (1024, 24, 16),
+    "vitg": (1536, 40, 24),
+}
+
+
+class SemanticEncoder(nn.Module):
+    """A frozen DINOv2 ViT producing (B, H/16 * W/16, C) tokens. Always in eval mode, never trained."""
+
+    def __init__(
+        self,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        patch_size: int = 14,
+        img_size: int = 518,
+        mlp_ratio: float = 4.0,
+        swiglu: bool = False,
+        layer_scale: bool = True,
+        interpolate_offset: float = 0.1,
+        stride: int = 16,
+    ):
+        super().__init__()
+        extra = dict(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU) if swiglu else {}
+        self.vit = VisionTransformer(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            init_values=1.0 if layer_scale else None,
+            num_classes=0,
+            global_pool="",
+            dynamic_img_size=True,  # non-strict patch embedding; we add position embeddings ourselves
+            **extra,
+        )
+        self.embed_dim, self.patch_size, self.stride = embed_dim, patch_size, stride
+        self.interpolate_offset = interpolate_offset
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_size(cls, size: str = "vitl", **kwargs) -> SemanticEncoder:
+        if size not in DINOV2_SIZES:
+            raise ValueError(f"unknown DINOv2 size {size!r}; expected one of {sorted(DINOV2_SIZES)}")
+        dim, depth, heads = DINOV2_SIZES[size]
+        if size == "vitg":
+            kwargs.setdefault("swiglu", True)
+            kwargs.setdefault("mlp_ratio", 2 * ((int(dim * 4 * 2 / 3) + 7) // 8 * 8) / dim)  # packed SwiGLU
+        return cls(embed_dim=dim, depth=depth, num_heads=heads, **kwargs)
+
+    @classmethod
+    def random(cls, size: str = "vits", **kwargs) -> SemanticEncoder:
+        """Randomly initialised encoder: only for tests and the embedded demo (semantics are noise)."""
+        warnings.warn(
+            f"Using a RANDOMLY INITIALISED DINOv2-{size} semantic encoder: its tokens carry no semantics. "
+            "Fine for tests and the CPU demo; load depth_anything_v2_vit*.pth for real training/inference.",
+            stacklevel=2,
+        )
+        return cls.from_size(size, **kwargs)
+
+    def train(self, mode: bool = True) -> SemanticEncoder:
+        # Frozen: stays in eval mode whatever the parent module does.
+        return super().train(False)
+
+    def state_dict_dinov2(self) -> dict[str, torch.Tensor]:
+        """Weights under DINOv2 names (as in depth_anything_v2_*.pth without 'pretrained.')."""
+        return {k: v for k, v in self.vit.state_dict().items()}
+
+    def _pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        pos = self.vit.pos_embed
+        key = (grid_h, grid_w, pos.device, pos.dtype, pos.data_ptr(), pos._version)
+        cached = self._pos_cache.get(key)
+        if cached is not None:
+            return cached
+        n = pos.shape[1] - 1
+        g0 = math.isqrt(n)
+        if g0 * g0 != n:
+            raise ValueError(f"position embedding has {n} patch entries, not a square grid")
+        if grid_h == grid_w == g0:
+            out = pos
+        else:
+            patch = pos[:, 1:].float().reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
+            scale = ((grid_h + self.interpolate_offset) / g0, (grid_w + self.interpolate_offset) / g0)
+            patch = F.interpolate(patch, scale_factor=scale, mode="bicubic", antialias=False)
+            if patch.shape[-2:] != (grid_h, grid_w):
+                raise RuntimeError(f"position embedding resized to {tuple(patch.shape[-2:])}, not {(grid_h, grid_w)}")
+            patch = patch.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
+            out = torch.cat([pos[:, :1].float(), patch], dim=1).to(pos.dtype)
+        self._pos_cache = {key: out}  # one grid at a time: training and inference use one size
+        return out
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1], got {tuple(image.shape)}")
+        H, W = image.shape[-2:]
+        if H % self.stride or W % self.stride:
+            raise ValueError(f"image height and width must be multiples of {self.stride}, got {H}x{W}")
+        gh, gw = H // self.stride, W // self.stride
+        x = (image.float() - self.mean) / self.std
+        x = F.interpolate(x, size=(gh * self.patch_size, gw * self.patch_size), mode="bicubic", align_corners=False)
+        vit = self.vit
+        x = vit.patch_embed(x.to(vit.cls_token.dtype)).flatten(1, 2)  # (B, N, C)
+        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self._pos_embed(gh, gw)
+        x = vit.blocks(x)
+        return vit.norm(x)[:, 1:]
