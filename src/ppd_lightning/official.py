@@ -45,10 +45,8 @@ def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is one clear error naming the file
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
-    for wrapper in ("state_dict", "model"):  # common wrappers around a plain state dict
-        if isinstance(sd, Mapping) and set(sd) == {wrapper} | (set(sd) - {wrapper}) and wrapper in sd and len(sd) <= 3:
-            if isinstance(sd[wrapper], Mapping):
-                sd = sd[wrapper]
+    if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
+        sd = sd["state_dict"]  # a plain state dict saved inside a wrapper
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(sd).__name__}")
     return dict(sd), str(path)

@@ -74,10 +74,12 @@ class SemanticEncoder(nn.Module):
         if size not in DINOV2_SIZES:
             raise ValueError(f"unknown DINOv2 size {size!r}; expected one of {sorted(DINOV2_SIZES)}")
         dim, depth, heads = DINOV2_SIZES[size]
+        kwargs.setdefault("depth", depth)
+        kwargs.setdefault("num_heads", heads)
         if size == "vitg":
             kwargs.setdefault("swiglu", True)
             kwargs.setdefault("mlp_ratio", 2 * ((int(dim * 4 * 2 / 3) + 7) // 8 * 8) / dim)  # packed SwiGLU
-        return cls(embed_dim=dim, depth=depth, num_heads=heads, **kwargs)
+        return cls(embed_dim=dim, **kwargs)
 
     @classmethod
     def random(cls, size: str = "vits", **kwargs) -> SemanticEncoder:
