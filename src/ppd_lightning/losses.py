@@ -43,11 +43,19 @@ class MultiScaleGradientLoss(torch.nn.Module):
 
 
 def semantic_alignment_loss(
-    features: torch.Tensor, semantics: torch.Tensor, projector: torch.nn.Module
+    features: torch.Tensor,
+    semantics: torch.Tensor,
+    projector: torch.nn.Module,
+    grid: tuple[int, int],
+    semantic_grid: tuple[int, int],
 ) -> torch.Tensor:
-    """REPA-style alignment (ablation only; the paper finds it hurts): 1 - cosine similarity between
-    projected DiT tokens (B,N,D) and frozen semantic tokens (B,M,C), resized to the DiT's token count."""
+    """REPA-style alignment (ablation only; the paper finds it hurts): 1 - cosine similarity between the
+    projected DiT tokens (B, gh*gw, D) and the frozen semantic tokens (B, sh*sw, C), compared on the
+    semantic grid (the projected tokens are resized bilinearly in 2D when the grids differ)."""
     z = projector(features)
-    if z.shape[1] != semantics.shape[1]:
-        z = F.interpolate(z.transpose(1, 2), size=semantics.shape[1], mode="linear").transpose(1, 2)
+    B, _, C = z.shape
+    if tuple(grid) != tuple(semantic_grid):
+        z = z.transpose(1, 2).reshape(B, C, *grid)
+        z = F.interpolate(z, size=tuple(semantic_grid), mode="bilinear", align_corners=False)
+        z = z.flatten(2).transpose(1, 2)
     return 1 - F.cosine_similarity(z, semantics.to(z.dtype), dim=-1).mean()

@@ -52,7 +52,7 @@ def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
     return dict(sd), str(path)
 
 
-def _take_prefix(sd: dict[str, torch.Tensor], prefix: str, name: str, ignore: tuple[str, ...] = ()) -> dict:
+def take_prefix(sd: dict[str, torch.Tensor], prefix: str, name: str, ignore: tuple[str, ...] = ()) -> dict:
     """Keys under ``prefix`` (stripped) when any key has it; other keys are an error unless ignored."""
     if not any(k.startswith(prefix) for k in sd):
         return sd
@@ -131,7 +131,7 @@ def load_dit(source: StateSource, **overrides) -> CascadeSPDiT:
     ``overrides`` set what weights cannot tell (``coarse_depth``, ``rope_base``, ``grad_checkpointing``).
     """
     sd, name = read_state_dict(source)
-    sd = _take_prefix(sd, "dit.", name)
+    sd = take_prefix(sd, "dit.", name)
     cfg = infer_dit_config(sd, name) | overrides
     dit = CascadeSPDiT(**cfg)
     load_strict(dit, sd, name)
@@ -166,7 +166,7 @@ def load_semantic_encoder(source: StateSource, **overrides) -> SemanticEncoder:
     """``depth_anything_v2_vit*.pth`` (its 'pretrained.*' part; 'depth_head.*' is not used) or a plain
     DINOv2 state dict -> frozen SemanticEncoder. ``overrides`` e.g. ``num_heads`` for non-standard sizes."""
     sd, name = read_state_dict(source)
-    sd = _take_prefix(sd, "pretrained.", name, ignore=_UNUSED_ENCODER_PREFIXES)
+    sd = take_prefix(sd, "pretrained.", name, ignore=_UNUSED_ENCODER_PREFIXES)
     sd = {k: v for k, v in sd.items() if k not in _UNUSED_ENCODER_KEYS}
     if any(k.startswith("mlp.w12") or ".mlp.w12." in k for k in sd):  # DINOv2 SwiGLU names -> timm's
         sd = {k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2."): v for k, v in sd.items()}

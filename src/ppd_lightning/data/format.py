@@ -55,6 +55,24 @@ class ShardError(OSError):
 
 
 @dataclass
+class RawSample:
+    """What a source hands to the shard writer: full-resolution arrays before encoding.
+
+    ``depth`` is planar metres (non-finite or <= 0 = invalid); ``sky`` marks sky pixels (their depth
+    is ignored); ``rgb_bytes``/``rgb_format`` pass an already-encoded image through unchanged.
+    """
+
+    key: str
+    rgb: np.ndarray
+    depth: np.ndarray
+    meta: dict[str, Any]
+    mask: np.ndarray | None = None
+    sky: np.ndarray | None = None
+    rgb_bytes: bytes | None = None
+    rgb_format: str | None = None
+
+
+@dataclass
 class DepthSample:
     """A decoded sample at its stored resolution."""
 
@@ -181,7 +199,7 @@ def decode_sample(members: dict[str, Any]) -> DepthSample:
     """
     key = str(members.get("__key__", "?"))
     rgb_name = next((m for m in RGB_MEMBERS if m in members), None)
-    for name, present in ((f"rgb.png|rgb.jpg", rgb_name), (DEPTH_MEMBER, DEPTH_MEMBER in members)):
+    for name, present in (("rgb.png|rgb.jpg", rgb_name), (DEPTH_MEMBER, DEPTH_MEMBER in members)):
         if not present:
             have = sorted(k for k in members if not k.startswith("__"))
             raise SampleError(f"{key}: missing member {name} (has {have})")
@@ -237,36 +255,63 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{dirname}/{stem}" if dirname else stem), ext
 
 
+class _TailReader:
+    """File wrapper remembering the total size read and the last 1024 bytes (end-of-archive check)."""
+
+    def __init__(self, fileobj):
+        self._f = fileobj
+        self.total = 0
+        self.tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.total += len(data)
+        self.tail = (self.tail + data)[-1024:]
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+
 def iter_tar_samples(fileobj, url: str = "") -> Iterator[dict[str, Any]]:
     """Stream samples ``{"__key__", "__url__", member: bytes}`` from a tar file object.
 
     Members of one key must be contiguous (the writer guarantees it). A truncated or corrupt tar
     stream raises :class:`ShardError` after yielding every complete sample before the damage; the
-    sample that was being assembled when the damage happened is dropped.
+    sample that was being assembled when the damage happened is dropped. Python's ``tarfile``
+    silently stops at a stream that ends between members, so the end is checked explicitly: a
+    complete tar is a whole number of 512-byte blocks ending with the zero end-of-archive blocks.
     """
+    reader = _TailReader(fileobj)
     current: dict[str, Any] | None = None
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=reader, mode="r|*") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
                 key, ext = split_member_name(info.name)
                 if not ext:
                     continue
+                if current is not None and current["__key__"] != key:
+                    yield current  # complete: the next key's header has been read
+                    current = None
                 f = tar.extractfile(info)
                 data = f.read() if f is not None else b""
                 if len(data) != info.size:
                     raise ShardError(f"{url}: member {info.name} is truncated")
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
                 if current is None:
                     current = {"__key__": key, "__url__": url}
                 current[ext] = data
+        reader.drain()
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         if isinstance(exc, ShardError):
             raise
         raise ShardError(f"{url}: corrupt or truncated tar ({type(exc).__name__}: {exc})") from None
+    if reader.total % 512 or len(reader.tail) < 1024 or reader.tail.count(0) != 1024:
+        raise ShardError(
+            f"{url}: truncated tar (ends after {reader.total} bytes without end-of-archive blocks)"
+        )
     if current is not None:
         yield current
 
@@ -280,31 +325,60 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_shard_atomic(path: str | Path, samples: list[dict[str, bytes]]) -> int:
-    """Write encoded samples to ``path`` as an uncompressed POSIX tar, atomically.
+class AtomicShardWriter:
+    """Stream encoded samples into an uncompressed POSIX tar that appears under ``path`` only when
+    complete.
 
-    The tar is written to ``<path>.tmp-<pid>`` in the same directory, fsynced, then renamed, so a
-    crash never leaves a half-written shard under the final name. Returns the number of bytes.
+    Samples go to ``<path>.tmp-<pid>-<ns>`` in the same directory; :meth:`commit` fsyncs and renames
+    it. Used as a context manager, an exception (or leaving without commit) deletes the temporary
+    file, so a crash never leaves a half-written shard under the final name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        with open(tmp, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for sample in samples:
-                    key = sample["__key__"]
-                    for member, data in sample.items():
-                        if member.startswith("__"):
-                            continue
-                        tar.addfile(_tarinfo(f"{key}.{member}", len(data)), io.BytesIO(data))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path.stat().st_size
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self.count = 0
+
+    def write(self, sample: dict[str, bytes]) -> None:
+        key = sample["__key__"]
+        for member, data in sample.items():
+            if member.startswith("__"):
+                continue
+            self._tar.addfile(_tarinfo(f"{key}.{member}", len(data)), io.BytesIO(data))
+        self.count += 1
+
+    def commit(self) -> int:
+        """Finish the tar, fsync and rename it into place; returns its size in bytes."""
+        self._tar.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.tmp, self.path)
+        return self.path.stat().st_size
+
+    def abort(self) -> None:
+        if not self._fh.closed:
+            self._tar.close()
+            self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp.exists():  # not committed (exception or early exit): drop the partial tar
+            self.abort()
+
+
+def write_shard_atomic(path: str | Path, samples: list[dict[str, bytes]]) -> int:
+    """Write encoded samples to ``path`` atomically (see :class:`AtomicShardWriter`); returns bytes."""
+    with AtomicShardWriter(path) as writer:
+        for sample in samples:
+            writer.write(sample)
+        return writer.commit()
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

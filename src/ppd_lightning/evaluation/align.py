@@ -62,17 +62,22 @@ def _weighted_lstsq(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[
     selected entry get ``a = 0, b = 0``; rows where ``x`` is constant get ``a = 0, b = mean(y)``
     (the minimum-norm solution of the centred problem, as ``LinearRegression`` gives).
     """
-    wd = w.to(torch.float64)
-    n = wd.sum(1)
+    # float32 element-wise work, float64 accumulation (memory-bound; no float64 copies of the maps)
+    wf = w.to(x.dtype)
+    n = w.sum(1).to(torch.float64)
     safe_n = n.clamp_min(1.0)
-    xd = x.to(torch.float64)
-    yd = y.to(torch.float64)
-    mx = (xd * wd).sum(1) / safe_n
-    my = (yd * wd).sum(1) / safe_n
-    cx = (xd - mx[:, None]) * wd
-    cy = (yd - my[:, None]) * wd
-    sxx = (cx * cx).sum(1)
-    sxy = (cx * cy).sum(1)
+    mx = (x * wf).sum(1, dtype=torch.float64) / safe_n
+    my = (y * wf).sum(1, dtype=torch.float64) / safe_n
+    cx = (x - mx[:, None].to(x.dtype)) * wf
+    cy = (y - my[:, None].to(y.dtype)) * wf
+    sxx = (cx * cx).sum(1, dtype=torch.float64)
+    sxy = (cx * cy).sum(1, dtype=torch.float64)
+    # the centring used float32 means: correct for the (tiny) residual offsets
+    ex = (cx.sum(1, dtype=torch.float64)) / safe_n
+    ey = (cy.sum(1, dtype=torch.float64)) / safe_n
+    sxx = sxx - n * ex * ex
+    sxy = sxy - n * ex * ey
+    mx, my = mx, my
     degenerate = sxx <= 1e-12 * n.clamp_min(1.0) * (mx * mx + 1.0)
     a = torch.where(degenerate, torch.zeros_like(sxx), sxy / torch.where(degenerate, 1.0, sxx))
     b = my - a * mx
@@ -88,7 +93,10 @@ def fit_least_squares(
     """Per-image ``(scale, shift)`` (float64, shape (B,)) minimising ``||scale*pred + shift - gt||``
     over ``mask``."""
     _check(pred, gt, mask)
-    return _weighted_lstsq(_flatten(pred), _flatten(gt), _flatten(mask))
+    x, y = _flatten(pred), _flatten(gt)
+    if not x.is_floating_point() or x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        x = x.float()
+    return _weighted_lstsq(x, y.to(x.dtype), _flatten(mask))
 
 
 def align_least_squares(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -101,7 +109,8 @@ def align_least_squares(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor
     scale = torch.where(has, scale, torch.ones_like(scale))
     shift = torch.where(has, shift, torch.zeros_like(shift))
     view = (-1,) + (1,) * (pred.dim() - 1)
-    return (pred.to(torch.float64) * scale.view(view) + shift.view(view)).to(pred.dtype)
+    out = pred * scale.view(view).to(pred.dtype) + shift.view(view).to(pred.dtype)
+    return out
 
 
 def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -184,13 +193,16 @@ def fit_log_ransac(
     best_cnt = torch.full((bsz,), -1, dtype=torch.long, device=device)
     best_a = torch.zeros(bsz, dtype=torch.float32, device=device)
     best_b = torch.zeros(bsz, dtype=torch.float32, device=device)
+    best_score = torch.full((bsz,), -math.inf, dtype=torch.float32, device=device)
     done = n < 2
     trials_done = 0
     log_fail = math.log(1.0 - stop_probability) if stop_probability < 1 else -math.inf
     npts = xs.shape[1]
     chunk = max(1, min(chunk_trials, max_chunk_elements // max(1, bsz * npts)))
+    step = min(8, chunk)  # grows geometrically: clean images stop after the first few trials
     while trials_done < max_trials and not bool(done.all()):
-        t = min(chunk, max_trials - trials_done)
+        t = min(step, max_trials - trials_done)
+        step = min(2 * step, chunk)
         # two distinct valid pixels per trial
         k1 = _randint_below(n, (t,), generator, device)
         k2 = _randint_below((n - 1).clamp_min(1), (t,), generator, device)
@@ -201,14 +213,24 @@ def fit_log_ransac(
         ok = dx.abs() > 0
         a = torch.where(ok, (y2 - y1) / torch.where(ok, dx, torch.ones_like(dx)), torch.zeros_like(dx))
         b = y1 - a * x1
-        # (B, t, P) inlier test
-        res = (ys[:, None, :] * 1.0 - (a[:, :, None] * xs[:, None, :] + b[:, :, None])).abs()
-        inl = (res <= thr[:, None, None]) & ms[:, None, :]
+        # (B, t, P) inlier test; ties in the inlier count are broken by the R^2 of the trial's
+        # model on its inliers, as scikit-learn does
+        fit = a[:, :, None] * xs[:, None, :] + b[:, :, None]
+        res = ys[:, None, :] - fit
+        inl = (res.abs() <= thr[:, None, None]) & ms[:, None, :]
+        inl_f = inl.to(res.dtype)
         cnt = inl.sum(2)
+        ss_res = (res * res * inl_f).sum(2)
+        yc = ys[:, None, :] - (ys[:, None, :] * inl_f).sum(2, keepdim=True) / cnt.clamp_min(1)[..., None]
+        ss_tot = (yc * yc * inl_f).sum(2)
+        score = torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-30), torch.zeros_like(ss_tot))
         cnt = torch.where(ok, cnt, torch.full_like(cnt, -1))
-        c_best, j = cnt.max(1)
-        better = (c_best > best_cnt) & ~done
+        c_best = cnt.max(1).values
+        tied = cnt == c_best[:, None]
+        s_best, j = torch.where(tied, score, torch.full_like(score, -math.inf)).max(1)
+        better = ((c_best > best_cnt) | ((c_best == best_cnt) & (s_best > best_score))) & ~done
         best_cnt = torch.where(better, c_best, best_cnt)
+        best_score = torch.where(better, s_best, best_score)
         best_a = torch.where(better, a.gather(1, j[:, None]).squeeze(1), best_a)
         best_b = torch.where(better, b.gather(1, j[:, None]).squeeze(1), best_b)
         trials_done += t
@@ -237,8 +259,8 @@ def fit_log_ransac(
     b_fit = torch.where(usable, b_fit, torch.zeros_like(b_fit))
     # fallback for a non-positive slope: ratio of means in log space
     safe_n = n.clamp_min(1).to(torch.float64)
-    mean_x = (x.to(torch.float64) * m).sum(1) / safe_n
-    mean_y = (y.to(torch.float64) * m).sum(1) / safe_n
+    mean_x = (x * m).sum(1, dtype=torch.float64) / safe_n
+    mean_y = (y * m).sum(1, dtype=torch.float64) / safe_n
     ratio = torch.where(mean_x != 0, mean_y / torch.where(mean_x != 0, mean_x, 1.0), torch.ones_like(mean_x))
     pos = a_fit > 0
     a_out = torch.where(pos, a_fit, ratio)
@@ -272,7 +294,8 @@ def align_log_ransac(
         max_score_points=max_score_points,
     )
     view = (-1,) + (1,) * (pred.dim() - 1)
-    out = torch.expm1(pred.to(torch.float64) * a.view(view) + b.view(view))
+    p = pred if pred.is_floating_point() else pred.float()
+    out = torch.expm1(p * a.view(view).to(p.dtype) + b.view(view).to(p.dtype)).to(torch.float64)
     g = _flatten(gt)
     mf = _flatten(mask) & torch.isfinite(g)
     gmax = torch.where(mf, g, torch.full_like(g, -math.inf)).amax(1).to(torch.float64)

@@ -24,6 +24,8 @@ keeps its customary factor 100).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchmetrics import Metric
 
@@ -74,30 +76,35 @@ def depth_metrics_per_image(
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be bool, got {mask.dtype}")
     m = mask & torch.isfinite(gt) & (gt > 0) & torch.isfinite(pred)
-    w = m.to(torch.float64)
-    n = w.sum((1, 2))
+    # float32 element-wise, float64 sums
+    dt = torch.float32 if pred.dtype in (torch.float16, torch.bfloat16, torch.float32) else pred.dtype
+    w = m.to(dt)
+    n = m.sum((1, 2)).to(torch.float64)
     safe_n = n.clamp_min(1.0)
-    one = torch.ones((), dtype=torch.float64, device=pred.device)
-    p = torch.where(m, pred.to(torch.float64).clamp_min(_MIN_PRED), one)
-    d = torch.where(m, gt.to(torch.float64), one)
+    one = torch.ones((), dtype=dt, device=pred.device)
+    p = torch.where(m, pred.to(dt).clamp_min(_MIN_PRED), one)
+    d = torch.where(m, gt.to(dt), one)
 
     def mean(v: torch.Tensor) -> torch.Tensor:
-        return (v * w).sum((1, 2)) / safe_n
+        return (v * w).sum((1, 2), dtype=torch.float64) / safe_n
 
     diff = p - d
+    sq = diff * diff
     e = torch.log(p) - torch.log(d)
     ratio = torch.maximum(p / d, d / p)
+    mean_e = mean(e)
+    mean_e2 = mean(e * e)
     out = {
         "abs_rel": mean(diff.abs() / d),
-        "sq_rel": mean(diff * diff / d),
-        "rmse": mean(diff * diff).sqrt(),
-        "rmse_log": mean(e * e).sqrt(),
-        "log10": mean((torch.log10(p) - torch.log10(d)).abs()),
-        "silog": (mean(e * e) - mean(e) ** 2).clamp_min(0.0).sqrt() * 100.0,
-        "delta05": mean((ratio < 1.25**0.5).to(torch.float64)),
-        "delta1": mean((ratio < 1.25).to(torch.float64)),
-        "delta2": mean((ratio < 1.25**2).to(torch.float64)),
-        "delta3": mean((ratio < 1.25**3).to(torch.float64)),
+        "sq_rel": mean(sq / d),
+        "rmse": mean(sq).sqrt(),
+        "rmse_log": mean_e2.sqrt(),
+        "log10": mean(e.abs()) / math.log(10.0),
+        "silog": (mean_e2 - mean_e**2).clamp_min(0.0).sqrt() * 100.0,
+        "delta05": mean((ratio < 1.25**0.5).to(dt)),
+        "delta1": mean((ratio < 1.25).to(dt)),
+        "delta2": mean((ratio < 1.25**2).to(dt)),
+        "delta3": mean((ratio < 1.25**3).to(dt)),
     }
     empty = n == 0
     nan = torch.full_like(n, float("nan"))

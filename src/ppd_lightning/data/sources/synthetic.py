@@ -243,7 +243,7 @@ def render_scene(seed: int, index: int, height: int, width: int) -> tuple[np.nda
 
     Returns ``(rgb, depth, meta)``: rgb (H, W, 3) uint8 sRGB; depth (H, W) float32 planar depth in
     metres, exactly 0 on sky pixels (and only there); meta with ``fx, fy, cx, cy`` (pixels, pixel
-    centres at integer coordinates) and the camera height/pitch for reference.
+    centres at integer coordinates) and the camera height for reference.
     """
     if height < 2 or width < 2:
         raise ValueError(f"render_scene needs height, width >= 2, got {height}x{width}")
@@ -251,101 +251,106 @@ def render_scene(seed: int, index: int, height: int, width: int) -> tuple[np.nda
     sc = _Scene(rng, height, width)
     n = height * width
     v, u = np.mgrid[0:height, 0:width].astype(_F)
-    d_cam = np.stack([(u - sc.cx) / sc.fx, -(v - sc.cy) / sc.fy, np.ones_like(u)], axis=-1).reshape(n, 3)
-    d = d_cam @ sc.rot.T  # world directions; camera-z component stays 1 so t == planar depth
+    xc = ((u - sc.cx) / sc.fx).ravel()
+    yc = (-(v - sc.cy) / sc.fy).ravel()
+    r = sc.rot  # camera -> world; the camera-z component stays 1 so t == planar depth
+    dx = (r[0, 0] * xc + r[0, 1] * yc + r[0, 2]).astype(_F)
+    dy = (r[1, 0] * xc + r[1, 1] * yc + r[1, 2]).astype(_F)
+    dz = (r[2, 0] * xc + r[2, 1] * yc + r[2, 2]).astype(_F)
+    dd = dx * dx + dy * dy + dz * dz
     o = sc.origin
-    dd = np.einsum("ij,ij->i", d, d)
+    ox, oy, oz = (_F(c) for c in o)
 
-    best = np.full(n, np.inf, dtype=_F)
     which = np.full(n, -1, dtype=np.int16)  # -1 sky, 0 ground, 1 backdrop, 2+ objects
+    with np.errstate(divide="ignore"):
+        best = np.where(dy < 0, -oy / dy, np.inf).astype(_F)
+    which[np.isfinite(best)] = 0
 
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_ground = np.where(d[:, 1] < 0, -o[1] / d[:, 1], np.inf).astype(_F)
-    best = np.minimum(best, t_ground)
-    which[np.isfinite(t_ground)] = 0
+    horiz = np.sqrt(dx * dx + dz * dz)
+    t_back = sc.sky_radius / horiz
+    y_back = oy + t_back * dy
+    cand = (y_back >= 0) & (t_back < best)
+    idx = np.flatnonzero(cand)
+    up = y_back[idx] < sc.skyline(np.arctan2(dx[idx], dz[idx]))
+    idx = idx[up]
+    best[idx], which[idx] = t_back[idx], 1
 
-    horiz = np.sqrt(d[:, 0] ** 2 + d[:, 2] ** 2)
-    t_back = (sc.sky_radius / horiz).astype(_F)
-    azimuth = np.arctan2(d[:, 0], d[:, 2])
-    y_back = o[1] + t_back * d[:, 1]
-    t_back = np.where((y_back < sc.skyline(azimuth)) & (y_back >= 0), t_back, np.inf)
-    closer = t_back < best
-    best[closer], which[closer] = t_back[closer], 1
-
-    box_tnear = {}
     for k, ob in enumerate(sc.objects):
         if ob["kind"] == "sphere":
-            t = _hit_sphere(o, d, dd, ob["centre"], ob["radius"])
+            t = _hit_sphere(ox, oy, oz, dx, dy, dz, dd, ob["centre"], ob["radius"])
         elif ob["kind"] == "pole":
-            t = _hit_pole(o, d, ob["centre"], ob["radius"], ob["height"])
+            t = _hit_pole(ox, oy, oz, dx, dy, dz, ob["centre"], ob["radius"], ob["height"])
         else:
-            t, tnear = _hit_box(o, d, ob["centre"], ob["half"], ob["rot"])
+            t = _hit_box(ox, oy, oz, dx, dy, dz, ob["centre"], ob["half"], ob["rot"])[0]
         closer = t < best
-        if ob["kind"] == "box":
-            box_tnear[k] = (closer, tnear)
-        best[closer], which[closer] = t[closer], k + 2
+        best = np.where(closer, t, best)
+        which[closer] = k + 2
 
     hit = which >= 0
     t_hit = np.where(hit, best, 0.0).astype(_F)
-    p = o + t_hit[:, None] * d
-    normal = np.zeros((n, 3), dtype=_F)
+    px, py, pz = ox + t_hit * dx, oy + t_hit * dy, oz + t_hit * dz
+    nx, ny, nz = (np.zeros(n, _F) for _ in range(3))
     colour = np.zeros((n, 3), dtype=_F)
-    footprint = t_hit * np.sqrt(dd) / sc.fx  # metres covered by one pixel, roughly
+    footprint = t_hit * np.sqrt(dd) / _F(sc.fx)  # metres covered by one pixel, roughly
 
-    sel = which == 0
-    normal[sel] = (0.0, 1.0, 0.0)
-    colour[sel] = sc.ground_tex(p[sel][:, [0, 2, 1]] * np.array([1, 1, 0], _F), footprint[sel])
-    sel = which == 1
-    normal[sel] = -d[sel] / horiz[sel, None] * np.array([1, 0, 1], _F)
-    colour[sel] = sc.backdrop_tex(p[sel], footprint[sel])
-    for k, ob in enumerate(sc.objects):
-        sel = which == k + 2
-        if not sel.any():
+    order = np.argsort(which, kind="stable")  # group pixels by surface once
+    bounds = np.searchsorted(which[order], np.arange(-1, len(sc.objects) + 3))
+    for surf in range(0, len(sc.objects) + 2):
+        sel = order[bounds[surf + 1] : bounds[surf + 2]]
+        if len(sel) == 0:
             continue
-        ps = p[sel]
+        ps = np.stack([px[sel], py[sel], pz[sel]], axis=1)
+        if surf == 0:  # ground: texture in the (x, z) plane, y exactly 0
+            ny[sel] = 1.0
+            ps[:, 1] = ps[:, 2]
+            ps[:, 2] = 0.0
+            colour[sel] = sc.ground_tex(ps, footprint[sel])
+            continue
+        if surf == 1:
+            h = horiz[sel]
+            nx[sel], nz[sel] = -dx[sel] / h, -dz[sel] / h
+            colour[sel] = sc.backdrop_tex(ps, footprint[sel])
+            continue
+        ob = sc.objects[surf - 2]
         if ob["kind"] == "sphere":
             nrm = (ps - ob["centre"]) / ob["radius"]
         elif ob["kind"] == "pole":
             nrm = ps - ob["centre"]
             nrm[:, 1] = 0.0
-            top = ps[:, 1] >= ob["centre"][1] + ob["height"] - 1e-3
-            nrm[top] = (0.0, 1.0, 0.0)
+            nrm[ps[:, 1] >= ob["centre"][1] + ob["height"] - 1e-3] = (0.0, 1.0, 0.0)
             nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-6)
         else:
-            closer, tnear = box_tnear[k]
-            # the winning pixels of a box are a subset of the pixels where it was closer when tested
-            tn = tnear[sel]
-            axis = tn.argmax(axis=1)
-            dl = d[sel] @ ob["rot"]
-            local = np.zeros_like(dl)
-            local[np.arange(len(axis)), axis] = -np.sign(dl[np.arange(len(axis)), axis])
-            nrm = local @ ob["rot"].T
-        normal[sel] = nrm
+            nrm = _box_normal(dx[sel], dy[sel], dz[sel], ob["centre"], ob["half"], ob["rot"], o)
+        nx[sel], ny[sel], nz[sel] = nrm[:, 0], nrm[:, 1], nrm[:, 2]
         colour[sel] = ob["tex"](ps, footprint[sel])
 
-    # shading: ambient + sky light + sun with cast shadows
-    lambert = np.clip(normal @ sc.sun, 0.0, None)
-    lit = (lambert > 0) & hit & (which != 1)
-    if lit.any():
-        shadow_o = p[lit] + normal[lit] * 1e-3
-        blocked = _shadowed(shadow_o, sc)
-        lam = lambert[lit]
-        lam[blocked] = 0.0
-        lambert[lit] = lam
-    light = sc.ambient * (0.75 + 0.25 * normal[:, 1:2]) + lambert[:, None] * sc.sun_colour
-    colour = colour * light
+    # shading: ambient + sky light + sun with cast shadows (the backdrop casts none and gets none)
+    sun = sc.sun
+    lambert = np.clip(nx * sun[0] + ny * sun[1] + nz * sun[2], 0.0, None)
+    lit = np.flatnonzero((lambert > 0) & (which != 1) & hit)
+    if len(lit):
+        eps = _F(1e-3)
+        blocked = _shadowed(px[lit] + nx[lit] * eps, py[lit] + ny[lit] * eps, pz[lit] + nz[lit] * eps, sc)
+        lambert[lit[blocked]] = 0.0
+    light = sc.ambient * (0.75 + 0.25 * ny[:, None]) + lambert[:, None] * sc.sun_colour
+    colour *= light
 
     # fog towards the horizon colour, and the sky
-    fog = (1.0 - np.exp(-t_hit / sc.fog_dist))[:, None]
+    fog = (1.0 - np.exp(-t_hit / _F(sc.fog_dist)))[:, None]
     colour = colour * (1.0 - fog) + sc.fog_colour * fog
-    elev = np.clip(d[:, 1] / np.sqrt(dd), 0.0, 1.0)[:, None]
-    sky_col = sc.fog_colour + (sc.zenith - sc.fog_colour) * np.sqrt(elev)
-    sun_glow = np.clip((d @ sc.sun) / np.sqrt(dd), 0.0, 1.0)[:, None] ** 64
-    sky_col = sky_col + sun_glow * sc.sun_colour * 0.6
-    colour = np.where(hit[:, None], colour, sky_col)
+    sky = np.flatnonzero(~hit)
+    if len(sky):
+        norm = np.sqrt(dd[sky])
+        elev = np.clip(dy[sky] / norm, 0.0, 1.0)[:, None]
+        glow = np.clip((dx[sky] * sun[0] + dy[sky] * sun[1] + dz[sky] * sun[2]) / norm, 0.0, 1.0) ** 64
+        colour[sky] = (
+            sc.fog_colour
+            + (sc.zenith - sc.fog_colour) * np.sqrt(elev)
+            + glow[:, None] * (sc.sun_colour * 0.6)
+        )
 
-    noise = rng.normal(0.0, 0.008, size=colour.shape).astype(_F)
-    srgb = np.clip(colour, 0.0, 1.0) ** (1.0 / 2.2) + noise
+    srgb = np.clip(colour, 0.0, 1.0) ** _F(1.0 / 2.2)
+    srgb += rng.normal(0.0, 0.008, size=srgb.shape).astype(_F)
     rgb = np.clip(srgb * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(height, width, 3)
     depth = t_hit.reshape(height, width)
     meta = {
@@ -360,42 +365,40 @@ def render_scene(seed: int, index: int, height: int, width: int) -> tuple[np.nda
     return rgb, depth, meta
 
 
-def _shadowed(origins: np.ndarray, sc: _Scene) -> np.ndarray:
-    """Whether each point's ray towards the sun is blocked by an object (not by the backdrop)."""
-    m = origins.shape[0]
-    blocked = np.zeros(m, dtype=bool)
-    d = np.broadcast_to(sc.sun, (m, 3))
+def _shadowed(ox: np.ndarray, oy: np.ndarray, oz: np.ndarray, sc: _Scene) -> np.ndarray:
+    """Whether each point's ray towards the sun is blocked by an object (the backdrop casts none)."""
+    blocked = np.zeros(len(ox), dtype=bool)
+    sx, sy, sz = (_F(c) for c in sc.sun)
     for ob in sc.objects:
-        todo = ~blocked
-        if not todo.any():
+        todo = np.flatnonzero(~blocked)
+        if len(todo) == 0:
             break
-        po = origins[todo]
-        # per-point origins: shift into the object's frame by translating centres instead
+        qx, qy, qz = ox[todo], oy[todo], oz[todo]
         if ob["kind"] == "sphere":
-            oc = po - ob["centre"]
-            b = oc @ sc.sun
-            c = np.einsum("ij,ij->i", oc, oc) - ob["radius"] ** 2
-            disc = b * b - c
-            t = -b + np.sqrt(np.maximum(disc, 0.0))
-            hit = (disc > 0) & (t > 0)
+            hit = np.isfinite(_hit_sphere(qx, qy, qz, sx, sy, sz, _F(1.0), ob["centre"], ob["radius"]))
         elif ob["kind"] == "pole":
-            ox, oz = po[:, 0] - ob["centre"][0], po[:, 2] - ob["centre"][2]
-            a = sc.sun[0] ** 2 + sc.sun[2] ** 2
-            b = sc.sun[0] * ox + sc.sun[2] * oz
-            c = ox * ox + oz * oz - ob["radius"] ** 2
-            disc = b * b - a * c
-            t = (-b - np.sqrt(np.maximum(disc, 0.0))) / max(a, 1e-9)
-            y = po[:, 1] + t * sc.sun[1]
-            hit = (disc > 0) & (t > 0) & (y <= ob["centre"][1] + ob["height"])
+            hit = np.isfinite(_hit_pole(qx, qy, qz, sx, sy, sz, ob["centre"], ob["radius"], ob["height"]))
         else:
-            ol = (po - ob["centre"]) @ ob["rot"]
-            dl = d[: len(po)] @ ob["rot"]
-            with np.errstate(divide="ignore"):
-                inv = 1.0 / np.where(np.abs(dl) < 1e-9, 1e-9, dl)
-            t1 = (-ob["half"] - ol) * inv
-            t2 = (ob["half"] - ol) * inv
-            tmin = np.minimum(t1, t2).max(axis=1)
-            tmax = np.maximum(t1, t2).min(axis=1)
-            hit = (tmax >= np.maximum(tmin, 0.0)) & (tmax > 1e-3)
-        blocked[todo] = hit
+            t, tmax = _hit_box(qx, qy, qz, sx, sy, sz, ob["centre"], ob["half"], ob["rot"])
+            hit = np.isfinite(t)
+        blocked[todo[hit]] = True
     return blocked
+
+
+# --------------------------------------------------------------------------------------------------
+# source interface for make_shards
+
+
+def list_items(root: str | None = None, *, num_samples: int, **_options) -> list[int]:
+    """The synthetic world has no files: items are sample indices ``0 .. num_samples - 1``."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    return list(range(num_samples))
+
+
+def load_item(root: str | None, item: int, *, seed: int, height: int, width: int, **_options):
+    from ..format import RawSample
+
+    rgb, depth, meta = render_scene(seed, item, height, width)
+    meta = {**meta, "dataset": NAME, "sky": "depth 0 = sky (rays that hit nothing)"}
+    return RawSample(key=f"s{seed}-{item:08d}", rgb=rgb, depth=depth, meta=meta, sky=depth <= 0)

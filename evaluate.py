@@ -1,0 +1,19 @@
+"""Zero-shot depth evaluation (see docs/evaluation.md), e.g.
+
+    python evaluate.py protocol=marigold benchmark=nyuv2 benchmark.root=<DIR> \
+        predictions=<DIR> hydra.run.dir=<OUT>
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from ppd_lightning.evaluation.run import evaluate
+
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

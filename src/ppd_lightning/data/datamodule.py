@@ -1,0 +1,171 @@
+"""``DepthShardDataModule``: weighted mixture of depth shard sources, DDP- and worker-correct.
+
+Training stream (per rank, per DataLoader worker), infinite:
+    shards of each source are split by rank (nodesplitter) and then by worker; each worker cycles
+    forever through its part in a fresh random order per pass (resampling without replacement
+    within a pass) -> samples -> weighted random choice of source per sample -> shuffle buffer of
+    raw (undecoded) samples -> decode + random crop/scale/flip -> batch inside the worker.
+    The epoch is ``epoch_batches`` batches on every rank (``WebLoader.with_epoch``), so all ranks
+    step the same number of times and DDP never waits at the end of an epoch.
+    When a source has fewer shards than ranks (or than workers of a rank), the ranks (workers)
+    share all its shards, with different random orders.
+
+Validation stream, finite, no resampling, no duplicates: with ``G = world_size * num_workers``
+readers, a source with at least ``G`` shards is split by shard (reader ``g`` reads shards
+``g, g + G, ...``); a source with fewer shards is split by sample (every reader streams every
+shard and keeps samples ``g, g + G, ...``), which costs extra reading but still yields each sample
+exactly once. Ranks can then get batch counts that differ by one or more: log validation metrics
+with torchmetrics / ``sync_dist`` at epoch end, not with per-step collectives.
+
+Corrupt data (truncated tar, undecodable image, wrong depth shape, ...) is skipped with a warning;
+each batch carries ``n_corrupt`` (B,) int64: how many skip events the producing worker had since
+its previous sample, so ``sum(batch["n_corrupt"])`` over all batches counts skips exactly.
+A source whose shards of one reader contain no readable sample at all is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import torch
+import webdataset as wds
+
+from .stream import DepthShardStream, NoReadableSamplesError, collate, parse_sources
+
+__all__ = ["DepthShardDataModule", "DepthShardStream", "NoReadableSamplesError", "collate", "parse_sources"]
+
+
+def _check_local_shards(sources: list[dict[str, Any]]) -> None:
+    for src in sources:
+        local = [u for u in src["urls"] if "://" not in u and not u.startswith("pipe:")]
+        missing = [u for u in local if not os.path.isfile(u)]
+        if missing:
+            raise FileNotFoundError(
+                f"source {src['name']!r}: {len(missing)} of {len(src['urls'])} shards do not exist, "
+                f"e.g. {missing[0]} (make them with `python -m ppd_lightning.data.make_shards ...`)"
+            )
+
+
+class _EpochLoader(wds.WebLoader):
+    """WebLoader that bumps the dataset's epoch before each pass, so a restarted (non-persistent)
+    worker does not replay the previous epoch's random stream."""
+
+    def __iter__(self):
+        self.pipeline[0].dataset.epoch += 1
+        return super().__iter__()
+
+
+def _dist_info(trainer: Any | None) -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if trainer is not None:
+        return int(trainer.global_rank), int(trainer.world_size)
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class DepthShardDataModule(L.LightningDataModule):
+    """Weighted mixture of WebDataset depth shards; batches follow the contract in the module doc.
+
+    Args:
+        train_sources / val_sources: lists of ``{urls, weight, name}``; ``urls`` is a brace
+            pattern, a directory of ``*.tar`` or a list of those. ``name`` defaults to the shard
+            directory's name. ``weight`` is relative (normalised over the list).
+        batch_size: training batch size per rank. ``val_batch_size`` defaults to it.
+        num_workers: DataLoader workers per rank (0 = read in the main process).
+        train_size / val_size: ``[H, W]`` of the produced images.
+        epoch_batches: training batches per epoch per rank.
+        shuffle_buffer: raw (still encoded) samples held per worker for shuffling.
+        seed: base seed; streams differ per rank, worker and epoch.
+        scale_range, hflip: training augmentation (see ``CropResize``).
+        return_keys: also put ``key`` (list of ``"<shard>/<sample key>"``) in batches.
+    """
+
+    def __init__(
+        self,
+        train_sources: list[dict[str, Any]],
+        val_sources: list[dict[str, Any]] | None,
+        batch_size: int,
+        num_workers: int,
+        train_size: list[int],
+        val_size: list[int],
+        epoch_batches: int,
+        shuffle_buffer: int = 500,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+        scale_range: list[float] = (1.0, 1.25),
+        hflip: float = 0.5,
+        pin_memory: bool | None = None,
+        prefetch_factor: int = 2,
+        return_keys: bool = False,
+    ):
+        super().__init__()
+        for name, size in (("train_size", train_size), ("val_size", val_size)):
+            if len(size) != 2 or min(int(x) for x in size) < 1:
+                raise ValueError(f"{name} must be [H, W] with positive ints, got {size!r}")
+        if epoch_batches < 1 or batch_size < 1:
+            raise ValueError(f"epoch_batches and batch_size must be >= 1, got {epoch_batches}, {batch_size}")
+        self.train_sources_cfg = [dict(s) for s in train_sources]
+        self.val_sources_cfg = [dict(s) for s in (val_sources or [])]
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.train_size = (int(train_size[0]), int(train_size[1]))
+        self.val_size = (int(val_size[0]), int(val_size[1]))
+        self.epoch_batches = int(epoch_batches)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.hflip = float(hflip)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.prefetch_factor = int(prefetch_factor)
+        self.return_keys = bool(return_keys)
+        self.corrupt_count = 0  # skips seen in batches that reached this process
+        self.rank, self.world_size = 0, 1
+        self._train_ds: DepthShardStream | None = None
+        self._val_ds: DepthShardStream | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        self.rank, self.world_size = _dist_info(getattr(self, "trainer", None))
+        train = parse_sources(self.train_sources_cfg, "train_sources")
+        val = parse_sources(self.val_sources_cfg, "val_sources")
+        _check_local_shards(train + val)
+        common = dict(
+            rank=self.rank, world_size=self.world_size, seed=self.seed, return_keys=self.return_keys
+        )
+        if train:
+            self._train_ds = DepthShardStream(
+                train,
+                self.train_size,
+                self.batch_size,
+                train=True,
+                shuffle_buffer=self.shuffle_buffer,
+                scale_range=self.scale_range,
+                hflip=self.hflip,
+                **common,
+            )
+        if val:
+            self._val_ds = DepthShardStream(val, self.val_size, self.val_batch_size, train=False, **common)
+
+    def _loader(self, ds: DepthShardStream, persistent: bool) -> wds.WebLoader:
+        kw: dict[str, Any] = dict(batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        if self.num_workers > 0:
+            kw.update(prefetch_factor=self.prefetch_factor, persistent_workers=persistent)
+        return _EpochLoader(ds, **kw)
+
+    def train_dataloader(self) -> wds.WebLoader:
+        if self._train_ds is None:
+            raise RuntimeError("train_dataloader() needs setup() and at least one train source")
+        loader = self._loader(self._train_ds, persistent=True).with_epoch(self.epoch_batches)
+        return loader.with_length(self.epoch_batches, silent=True)
+
+    def val_dataloader(self) -> wds.WebLoader | list:
+        if self._val_ds is None:
+            return []
+        return self._loader(self._val_ds, persistent=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "n_corrupt" in batch:
+            self.corrupt_count += int(batch["n_corrupt"].sum())
+        return batch

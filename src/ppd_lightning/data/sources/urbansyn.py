@@ -1,0 +1,62 @@
+"""UrbanSyn (Gómez et al. 2023), official layout::
+
+    <root>/rgb/rgb_<NNNN>.png
+    <root>/depth/depth_<NNNN>.exr      channel Y, value x 1e5 = metres
+
+Read with the ``OpenEXR`` Python bindings (OpenCV wheels are built without EXR). Depth beyond
+200 m is sky (stored as the sky mask). The release documents no per-image intrinsics here, so
+``fx = fy`` comes from an assumed horizontal field of view (``ASSUMED_HFOV_DEG``) and
+``meta["intrinsics"] = "assumed"``; depth itself does not depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..format import RawSample
+from . import SourceError, sanitize_key
+from ._common import SKY_DEPTH, check_same_size, read_rgb, rel
+
+NAME = "urbansyn"
+DEPTH_SCALE = 1e5
+ASSUMED_HFOV_DEG = 90.0
+
+
+def list_items(root: str, **_options) -> list[tuple[str, str]]:
+    items = []
+    for img in sorted(Path(root).glob("rgb/rgb_*.png")):
+        frame = img.stem.split("_", 1)[1]
+        items.append((rel(root, img), rel(root, Path(root) / "depth" / f"depth_{frame}.exr")))
+    return items
+
+
+def read_exr_channel(path: str | Path, channel: str = "Y") -> np.ndarray:
+    try:
+        import OpenEXR
+    except ImportError:
+        raise SourceError("reading UrbanSyn depth needs the OpenEXR package: pip install OpenEXR") from None
+    if not Path(path).is_file():
+        raise SourceError(f"{path}: no such file")
+    try:
+        with OpenEXR.File(str(path)) as f:
+            channels = f.channels()
+            if channel not in channels:
+                raise SourceError(f"{path}: no EXR channel {channel!r} (has {sorted(channels)})")
+            return np.asarray(channels[channel].pixels, dtype=np.float32)
+    except (OSError, RuntimeError) as exc:
+        raise SourceError(f"{path}: cannot read EXR ({exc})") from None
+
+
+def load_item(root: str, item: tuple[str, str], **_options) -> RawSample:
+    img_path, depth_path = (Path(root) / p for p in item)
+    rgb, _ = read_rgb(img_path)
+    depth = read_exr_channel(depth_path) * DEPTH_SCALE
+    check_same_size(rgb, depth, img_path, depth_path)
+    h, w = depth.shape
+    f = 0.5 * w / math.tan(math.radians(ASSUMED_HFOV_DEG) / 2)
+    meta = {"dataset": NAME, "fx": f, "fy": f, "cx": w / 2 - 0.5, "cy": h / 2 - 0.5, "intrinsics": "assumed"}
+    meta.update(source=item[0], sky=f"depth > {SKY_DEPTH:g} m")
+    return RawSample(key=sanitize_key(img_path.stem), rgb=rgb, depth=depth, meta=meta, sky=depth > SKY_DEPTH)

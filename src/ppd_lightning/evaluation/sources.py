@@ -1,0 +1,152 @@
+"""Where predictions come from: saved ``.npy`` files of any method, or a model (ours or released).
+
+Every source maps a list of prepared images to a list of float32 (h, w) predictions at the prepared
+size (model sources) or at whatever size was saved (saved predictions, mapped by the protocol).
+The model-based sources are thin adapters around :class:`~ppd_lightning.models.PixelPerfectDepth`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ModelSource", "SavedPredictions", "build_source", "prediction_path"]
+
+log = logging.getLogger(__name__)
+
+
+def prediction_path(root: str | Path, name: str, suffix: str = ".npy") -> Path:
+    """``<root>/<rgb relative path with its suffix replaced by .npy>``."""
+    return Path(root) / Path(name).with_suffix(suffix)
+
+
+class SavedPredictions:
+    """Predictions saved by any method as ``<dir>/<rgb path with .npy suffix>`` (float32 H x W)."""
+
+    kind = "saved"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser()
+        if not self.directory.is_dir():
+            raise FileNotFoundError(
+                f"predictions directory {self.directory} does not exist; expected "
+                "<DIR>/<rgb relative path with its suffix replaced by .npy>"
+            )
+
+    def load(self, name: str) -> np.ndarray:
+        path = prediction_path(self.directory, name)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no prediction for {name}: expected {path} (float32 HxW .npy, named after the rgb path)"
+            )
+        arr = np.load(path, allow_pickle=False)
+        return np.asarray(arr, np.float32)
+
+
+class ModelSource:
+    """Runs ``model.infer`` on prepared images, with optional test-time ensembling.
+
+    ``ensemble = N > 1`` runs N samplings with noise seeds ``seed, seed + 1, ...`` and returns the
+    per-pixel median (mean of the two middle values for even N) and the per-pixel standard
+    deviation across members as the spread.
+    """
+
+    kind = "model"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        steps: int = 4,
+        ensemble: int = 1,
+        seed: int = 0,
+        infer_area: int | None = None,
+    ) -> None:
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+        self.model = model.to(device).eval()
+        self.device = device
+        self.steps, self.ensemble, self.seed, self.infer_area = (
+            int(steps),
+            int(ensemble),
+            int(seed),
+            infer_area,
+        )
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """uint8 (h, w, 3) images of one size -> (predictions, spreads) as float32 (h, w) arrays."""
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)) for im in images]).to(self.device)
+        x = x.permute(0, 3, 1, 2).float() / 255.0
+        kwargs = {"steps": self.steps}
+        if self.infer_area is not None:
+            kwargs["area"] = int(self.infer_area)
+        members = []
+        for i in range(self.ensemble):
+            gen = torch.Generator(device=self.device).manual_seed(self.seed + i)
+            members.append(self.model.infer(x, generator=gen, **kwargs)[:, 0].float())
+        stack = torch.stack(members)  # (N, B, h, w)
+        if self.ensemble == 1:
+            pred, spread = stack[0], None
+        else:
+            s = stack.sort(0).values
+            n = self.ensemble
+            pred = 0.5 * (s[(n - 1) // 2] + s[n // 2])
+            spread = stack.std(0, unbiased=False)
+        preds = [p.cpu().numpy() for p in pred]
+        spreads = [None] * len(preds) if spread is None else [s.cpu().numpy() for s in spread]
+        return preds, spreads
+
+
+def _device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_official(dit: str, semantics: str | None) -> torch.nn.Module:
+    from ppd_lightning.models import PixelPerfectDepth
+    from ppd_lightning.official import load_dit, load_semantic_encoder
+
+    dit_module = load_dit(dit)
+    encoder = load_semantic_encoder(semantics) if semantics else None
+    return PixelPerfectDepth(dit_module, encoder)
+
+
+def load_checkpoint(path: str, use_ema: bool = True) -> torch.nn.Module:
+    # imported lazily: evaluating saved predictions must not need the training stack
+    from ppd_lightning.training.checkpoint import load_model_from_checkpoint
+
+    return load_model_from_checkpoint(path, use_ema=use_ema, map_location="cpu")
+
+
+def build_source(cfg: dict) -> SavedPredictions | ModelSource:
+    """Exactly one of ``predictions``, ``ckpt`` or ``official.dit`` selects the source."""
+    official = cfg.get("official") or {}
+    chosen = [k for k, v in (("predictions", cfg.get("predictions")), ("ckpt", cfg.get("ckpt")),
+                             ("official.dit", official.get("dit"))) if v]  # fmt: skip
+    if len(chosen) != 1:
+        raise ValueError(
+            "choose exactly one prediction source: predictions=<DIR> (saved .npy of any method), "
+            "ckpt=<our checkpoint>, or official.dit=<ppd.pth> official.semantics=<depth_anything_v2_vitl.pth>"
+            + (f" (got {', '.join(chosen)})" if chosen else "")
+        )
+    if chosen[0] == "predictions":
+        return SavedPredictions(cfg["predictions"])
+    device = _device(cfg.get("device"))
+    if chosen[0] == "ckpt":
+        model = load_checkpoint(cfg["ckpt"], use_ema=bool(cfg.get("use_ema", True)))
+    else:
+        model = load_official(official["dit"], official.get("semantics"))
+    return ModelSource(
+        model,
+        device,
+        steps=int(cfg.get("steps", 4)),
+        ensemble=int(cfg.get("ensemble", 1)),
+        seed=int(cfg.get("seed", 0)),
+        infer_area=cfg.get("infer_area"),
+    )

@@ -1,0 +1,51 @@
+"""Callbacks: validation panels (pictures), parameter counts, and the data-epoch bookkeeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+
+from ppd_lightning import visualize
+
+
+class ValidationPanels(L.Callback):
+    """Image | prediction | ground truth panels of the first validation batch, every validation epoch:
+    written as PNG under ``<dirpath>/`` and sent to W&B when that logger is active. Rank 0 only."""
+
+    def __init__(self, dirpath: str, num_images: int = 4):
+        self.dirpath, self.num_images = Path(dirpath), num_images
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx != 0 or dataloader_idx != 0 or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        rows = []
+        n = min(self.num_images, outputs["image"].shape[0])
+        for i in range(n):
+            image = outputs["image"][i].float().permute(1, 2, 0).cpu().numpy()
+            pred = outputs["pred"][i, 0].float().cpu().numpy()
+            gt = outputs["depth"][i, 0].float().cpu().numpy()
+            valid = outputs["mask"][i, 0].cpu().numpy()
+            rows.append(visualize.depth_panel(image, pred, gt, valid))
+        if not rows:
+            return
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+        panel = np.concatenate(rows, axis=0)
+        path = visualize.write_image(self.dirpath / f"val_step{trainer.global_step:07d}.png", panel)
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_image(key="val/panels", images=[panel], step=trainer.global_step)
+        self.last_path = path
+
+
+class ParameterCounts(L.Callback):
+    """Logs total / trainable / frozen parameter counts once, at the start of fit."""
+
+    def on_fit_start(self, trainer, pl_module):
+        counts = pl_module.parameter_counts()
+        for logger in trainer.loggers:
+            logger.log_hyperparams(counts)
+        if trainer.is_global_zero:
+            print("parameters: " + ", ".join(f"{k.split('/')[1]} {v / 1e6:.2f}M" for k, v in counts.items()))

@@ -1,0 +1,91 @@
+"""Our checkpoints: atomic writes, safe loading, and export of the DiT in the released key format."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
+from ppd_lightning.official import CheckpointError, load_strict
+from ppd_lightning.training.encoders import build_semantic_encoder
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file in the target directory, fsyncs, then renames over the target: a run
+    killed mid-write leaves the previous checkpoint intact, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path}: not a ppd-lightning training checkpoint (needs state_dict and hyper_parameters)")
+    return ckpt
+
+
+def dit_state_from_checkpoint(ckpt: dict, use_ema: bool = True) -> tuple[dict, bool]:
+    sd = ckpt["state_dict"]
+    prefix = "ema_dit." if use_ema and any(k.startswith("ema_dit.") for k in sd) else "dit."
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}, prefix == "ema_dit."
+
+
+def load_model_from_checkpoint(
+    path: str | os.PathLike, use_ema: bool = True, map_location: str | torch.device = "cpu", encoder_weights: str | None = None
+) -> PixelPerfectDepth:
+    """A training checkpoint -> PixelPerfectDepth (EMA weights when present and ``use_ema``).
+
+    The frozen encoder is not stored in our checkpoints; it is rebuilt from the run's config (its weights
+    file, or the seeded random encoder of the demo), or from ``encoder_weights`` if given."""
+    ckpt = read_checkpoint(path, map_location)
+    hp = ckpt["hyper_parameters"]
+    dit = CascadeSPDiT(**hp["dit"])
+    sd, _ = dit_state_from_checkpoint(ckpt, use_ema)
+    load_strict(dit, sd, str(path))
+    encoder = None
+    if dit.uses_semantics:
+        spec = dict(hp["encoder"])
+        if encoder_weights:
+            spec["weights"] = encoder_weights
+        encoder = build_semantic_encoder(**spec)
+    return PixelPerfectDepth(dit, encoder, steps=hp.get("val_steps", 4)).to(map_location).eval()
+
+
+def export_dit(path_in: str | os.PathLike, path_out: str | os.PathLike, use_ema: bool = True) -> Path:
+    """Write the (EMA) DiT of a training checkpoint as ``dit.*`` safetensors, loadable by ``load_dit``."""
+    from safetensors.torch import save_file
+
+    ckpt = read_checkpoint(path_in)
+    sd, _ = dit_state_from_checkpoint(ckpt, use_ema)
+    out = Path(path_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({f"dit.{k}": v.contiguous() for k, v in sd.items()}, str(tmp))
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,312 @@
+"""PPDLightningModule: Cascade SP-DiT + frozen semantic encoder + flow matching, as a LightningModule.
+
+Knows batches (``image``, ``depth``, ``mask``, ``sky``, ``dataset``, ``n_corrupt``) and tensors, not
+files. Validation samples with the same Euler sampler as inference and scores with the same alignment
+and metrics as ``evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ppd_lightning.evaluation.align import align_log_ransac
+from ppd_lightning.evaluation.metrics import DepthMetrics
+from ppd_lightning.flow import DepthTargetTransform, FlowMatching, LogitNormalTimesteps
+from ppd_lightning.losses import MultiScaleGradientLoss, masked_mse, semantic_alignment_loss
+from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
+from ppd_lightning.training.encoders import build_semantic_encoder
+
+
+class EMA:
+    """Exponential moving average of a module's parameters, with the usual warm-up
+    decay_t = min(decay, (1 + n) / (10 + n)) so short runs are not dominated by the initial weights."""
+
+    def __init__(self, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, ema: nn.Module, model: nn.Module, num_updates: int) -> None:
+        d = min(self.decay, (1 + num_updates) / (10 + num_updates))
+        ema_p = [p for p in ema.parameters()]
+        src_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+
+
+class PPDLightningModule(L.LightningModule):
+    """Args:
+    dit: CascadeSPDiT keyword arguments (variant and sizes).
+    encoder: semantic encoder spec, see ``build_semantic_encoder`` (weights path, or a random size).
+    optimizer: partial optimizer (``_partial_: true`` in Hydra), called with the trainable parameters.
+    scheduler: optional partial ``LambdaLR``-style factory ``f(optimizer) -> scheduler`` (per step).
+    timesteps: logit-normal ``loc`` and ``scale``.
+    target: DepthTargetTransform arguments.
+    grad_loss_weight: weight of the multi-scale gradient loss on the x0 prediction (0.2 at 1024x768).
+    align_loss_weight / align_block: REPA-style alignment of the DiT tokens after ``align_block`` with the
+        semantic tokens (ablation only).
+    ema_decay: EMA of the DiT weights (None disables); used for validation and export when enabled.
+    val_steps: Euler steps at validation. val_sets: names of the validation sources (batch['dataset']).
+    max_bad_steps: stop after this many consecutive non-finite losses.
+    seed: seeds the per-step noise and timesteps (a function of (seed, step, rank), so resuming
+        reproduces the uninterrupted run).
+    """
+
+    def __init__(
+        self,
+        dit: dict,
+        encoder: dict,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        timesteps: dict | None = None,
+        target: dict | None = None,
+        grad_loss_weight: float = 0.0,
+        grad_loss_scales: int = 4,
+        align_loss_weight: float = 0.0,
+        align_block: int | None = None,
+        ema_decay: float | None = 0.9999,
+        val_steps: int = 4,
+        val_sets: list[str] | tuple[str, ...] = ("synthetic",),
+        max_bad_steps: int = 20,
+        baseline_batches: int = 50,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.dit = CascadeSPDiT(**dit)
+        self.encoder = build_semantic_encoder(**encoder) if self.dit.uses_semantics or align_loss_weight > 0 else None
+        if self.encoder is not None and self.dit.uses_semantics and self.encoder.embed_dim != self.dit.semantic_dim:
+            raise ValueError(
+                f"model.encoder width {self.encoder.embed_dim} != model.dit.semantic_dim {self.dit.semantic_dim}"
+            )
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.flow = FlowMatching(LogitNormalTimesteps(**(timesteps or {})))
+        self.target = DepthTargetTransform(**(target or {}))
+        self.grad_loss = MultiScaleGradientLoss(grad_loss_scales) if grad_loss_weight > 0 else None
+        self.grad_loss_weight, self.align_loss_weight = grad_loss_weight, align_loss_weight
+        if align_loss_weight > 0:
+            self.align_block = self.dit.depth // 2 - 1 if align_block is None else align_block
+            h = self.dit.hidden_size
+            self.align_projector = nn.Sequential(nn.Linear(h, 2 * h), nn.SiLU(), nn.Linear(2 * h, self.encoder.embed_dim))
+        self.ema_decay = ema_decay
+        self.ema = EMA(ema_decay) if ema_decay else None
+        self.ema_dit = copy.deepcopy(self.dit).requires_grad_(False) if ema_decay else None
+        self.val_steps, self.seed = val_steps, seed
+        self.val_sets = list(val_sets)
+        self.val_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets})
+        self.baseline_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets})
+        self.max_bad_steps, self.baseline_batches = max_bad_steps, baseline_batches
+        # Dataset-mean baseline: the mean training target map, aligned to each image like the model.
+        self.register_buffer("mean_target_sum", torch.zeros(0), persistent=True)
+        self.register_buffer("mean_target_count", torch.zeros((), dtype=torch.long), persistent=True)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long), persistent=True)
+        self.skipped_steps = 0
+        self._bad_in_a_row = 0
+        self._skip_next_step = False
+        self.corrupt_samples = 0
+
+    # --- parameters ----------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.dit.parameters())
+        if self.align_loss_weight > 0:
+            params += list(self.align_projector.parameters())
+        return params
+
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        frozen = sum(p.numel() for p in self.encoder.parameters()) if self.encoder is not None else 0
+        ema = sum(p.numel() for p in self.ema_dit.parameters()) if self.ema_dit is not None else 0
+        return {"params/total": total, "params/trainable": trainable, "params/frozen_encoder": frozen, "params/ema": ema}
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0))
+        optimizer = factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def inference_model(self, use_ema: bool = True) -> PixelPerfectDepth:
+        dit = self.ema_dit if (use_ema and self.ema_dit is not None) else self.dit
+        return PixelPerfectDepth(dit, self.encoder if dit.uses_semantics else None, steps=self.val_steps)
+
+    # --- checkpoints: the frozen encoder is not saved; it is re-attached on load ----------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        sd = checkpoint["state_dict"]
+        for k in [k for k in sd if k.startswith("encoder.")]:
+            del sd[k]
+        checkpoint["ppd"] = {"skipped_steps": self.skipped_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.encoder is not None:
+            checkpoint["state_dict"].update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+        self.skipped_steps = checkpoint.get("ppd", {}).get("skipped_steps", 0)
+        n = checkpoint["state_dict"].get("mean_target_sum")
+        if n is not None:
+            self.mean_target_sum = torch.zeros_like(n)
+
+    # --- training ------------------------------------------------------------------------------------
+    def _generator(self, *salt: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(hash((self.seed, self.global_rank) + salt) % (2**63))
+        return g
+
+    def depth_and_mask(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sky (when marked) is valid and pushed just beyond the farthest depth of its image."""
+        depth, mask = batch["depth"].float(), batch["mask"].bool()
+        sky = batch.get("sky")
+        if sky is None or not bool(sky.any()):
+            return depth, mask
+        sky = sky.bool() & ~mask
+        far = torch.where(mask, depth, torch.zeros_like(depth)).amax(dim=(1, 2, 3), keepdim=True)
+        depth = torch.where(sky, far * 1.05 + 1e-3, depth)
+        return depth, mask | sky
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        image = batch["image"]
+        depth, mask = self.depth_and_mask(batch)
+        x0, _ = self.target(depth, mask)
+        self._accumulate_mean_target(x0)
+        semantics = self.encoder(image) if self.encoder is not None else None
+        g = self._generator(int(self.global_step), batch_idx)
+        fm = self.flow.prepare(x0, generator=g)
+        features = {}
+        hook = None
+        if self.align_loss_weight > 0:
+            hook = self.dit.blocks[self.align_block].register_forward_hook(lambda m, i, o: features.update(x=o))
+        try:
+            v = self.dit(fm["x_t"], image, semantics if self.dit.uses_semantics else None, fm["t"])
+        finally:
+            if hook is not None:
+                hook.remove()
+        v = v.float()
+        loss_v = masked_mse(v, fm["velocity"], mask)
+        loss = loss_v
+        logs = {"train/loss_velocity": loss_v}
+        if self.grad_loss is not None:
+            x0_hat = self.flow.path.x0_from_velocity(fm["x_t"], v, fm["t"])
+            loss_g = self.grad_loss(x0_hat, x0, mask)
+            loss = loss + self.grad_loss_weight * loss_g
+            logs["train/loss_gradient"] = loss_g
+        if self.align_loss_weight > 0:
+            H, W = image.shape[-2:]
+            grid = self._block_grid(self.align_block, H, W)
+            sem_grid = (H // 16, W // 16)
+            loss_a = semantic_alignment_loss(features["x"], semantics, self.align_projector, grid, sem_grid)
+            loss = loss + self.align_loss_weight * loss_a
+            logs["train/loss_align"] = loss_a
+        loss = self._guard_non_finite(loss)
+        logs["train/loss"] = loss
+        logs["train/skipped_steps"] = float(self.skipped_steps)
+        n_corrupt = batch.get("n_corrupt")
+        if n_corrupt is not None:
+            self.corrupt_samples += int(n_corrupt.sum())
+            logs["data/corrupt_samples"] = float(self.corrupt_samples)
+        self.log_dict(logs, prog_bar=False, batch_size=image.shape[0])
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=image.shape[0])
+        return loss
+
+    def _block_grid(self, block: int, H: int, W: int) -> tuple[int, int]:
+        coarse = self.dit.variant == "cascade" and block < self.dit.coarse_depth
+        p = self.dit.embed_patch if coarse else self.dit.patch_size
+        return H // p, W // p
+
+    def _guard_non_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """A non-finite loss (on any rank) skips the optimizer step on every rank; backward still runs on a
+        zero surrogate so DDP's gradient hooks fire consistently. Too many in a row stops training."""
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer is not None and self.trainer.world_size > 1:
+            bad = bool(self.trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if not bad:
+            self._bad_in_a_row = 0
+            return loss
+        self._bad_in_a_row += 1
+        self.skipped_steps += 1
+        self._skip_next_step = True
+        if self._bad_in_a_row >= self.max_bad_steps:
+            raise RuntimeError(
+                f"{self._bad_in_a_row} consecutive non-finite losses (last at step {self.global_step}): stopping. "
+                "Lower the learning rate, enable gradient clipping, or check the data for NaN/Inf depth."
+            )
+        return sum(p.sum() for p in self.trainable_parameters()) * 0.0
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        if optimizer_closure is not None:
+            optimizer_closure()  # forward + backward (+ clipping hooks in the step below)
+        if self._skip_next_step:
+            self._skip_next_step = False
+            optimizer.zero_grad(set_to_none=True)
+            return
+        optimizer.step(closure=lambda: None)
+        if self.ema is not None:
+            self.ema.update(self.ema_dit, self.dit, int(self.ema_updates))
+            self.ema_updates += 1
+
+    @torch.no_grad()
+    def _accumulate_mean_target(self, x0: torch.Tensor) -> None:
+        if int(self.mean_target_count) >= self.baseline_batches:
+            return
+        s = x0.detach().float().sum(0)
+        if self.mean_target_sum.shape != s.shape:
+            if self.mean_target_sum.numel():
+                return  # keep the first resolution seen
+            self.mean_target_sum = torch.zeros_like(s)
+        self.mean_target_sum += s
+        self.mean_target_count += x0.shape[0]
+
+    # --- validation ----------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_model = self.inference_model(use_ema=True)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        image = batch["image"]
+        depth, mask = batch["depth"].float(), batch["mask"].bool()
+        g = self._generator(10**9, dataloader_idx, batch_idx)
+        pred = self._val_model.sample(image, steps=self.val_steps, generator=g) - 0.5
+        aligned = align_log_ransac(pred.float(), depth, mask, generator=g)
+        names = batch.get("dataset") or [self.val_sets[0]] * image.shape[0]
+        baseline = self._baseline_prediction(pred)
+        aligned_base = align_log_ransac(baseline, depth, mask, generator=g) if baseline is not None else None
+        for name in set(names):
+            if name not in self.val_metrics:
+                raise KeyError(f"validation source {name!r} is not in model.val_sets {self.val_sets}")
+            sel = torch.tensor([n == name for n in names], device=image.device)
+            self.val_metrics[name].update(aligned[sel], depth[sel], mask[sel])
+            if aligned_base is not None:
+                self.baseline_metrics[name].update(aligned_base[sel], depth[sel], mask[sel])
+        return {"image": image, "pred": aligned, "depth": depth, "mask": mask}
+
+    def _baseline_prediction(self, like: torch.Tensor) -> torch.Tensor | None:
+        if int(self.mean_target_count) == 0:
+            return None
+        m = (self.mean_target_sum / self.mean_target_count.float())[None]
+        if m.shape[-2:] != like.shape[-2:]:
+            m = F.interpolate(m, size=like.shape[-2:], mode="bilinear", align_corners=False)
+        return m.expand_as(like).contiguous().float()
+
+    def on_validation_epoch_end(self) -> None:
+        logs = {}
+        for prefix, metrics in (("val", self.val_metrics), ("val_baseline", self.baseline_metrics)):
+            for name, metric in metrics.items():
+                if int(metric.count) == 0 and not self.trainer.world_size > 1:
+                    metric.reset()
+                    continue
+                values = metric.compute()
+                for k in ("abs_rel", "delta1", "rmse"):
+                    v = float(values[k])
+                    if not math.isnan(v):
+                        logs[f"{prefix}/{name}/{k}"] = v
+                metric.reset()
+        if logs:
+            self.log_dict(logs, sync_dist=False)
+        first = f"val/{self.val_sets[0]}/abs_rel"
+        if first in logs:
+            self.log("val_abs_rel", logs[first], prog_bar=True)
+        self._val_model = None

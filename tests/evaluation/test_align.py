@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LinearRegression, RANSACRegressor
+
+from ppd_lightning.evaluation.align import (
+    align_least_squares,
+    align_log_ransac,
+    fit_least_squares,
+    fit_log_ransac,
+    masked_median,
+)
+
+
+def _data(b=3, h=24, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.rand(b, h, w, generator=g) * 9 + 0.5
+    mask = torch.rand(b, h, w, generator=g) > 0.25
+    return gt, mask, g
+
+
+def test_masked_median_matches_numpy():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 37, generator=g)
+    m = torch.rand(4, 37, generator=g) > 0.4
+    m[3] = False
+    med = masked_median(x, m)
+    for i in range(3):
+        assert med[i].item() == pytest.approx(float(np.median(x[i][m[i]].numpy())), abs=1e-7)
+    assert torch.isnan(med[3])
+
+
+def test_least_squares_matches_sklearn_and_shapes():
+    gt, mask, g = _data()
+    pred = torch.rand(gt.shape, generator=g)
+    s, t = fit_least_squares(pred, gt, mask)
+    for i in range(gt.shape[0]):
+        lr = LinearRegression().fit(
+            pred[i][mask[i]].numpy()[:, None].astype(np.float64), gt[i][mask[i]].numpy()
+        )
+        assert s[i].item() == pytest.approx(lr.coef_[0], rel=1e-5)
+        assert t[i].item() == pytest.approx(lr.intercept_, rel=1e-5)
+    out = align_least_squares(pred, gt, mask)
+    assert out.shape == pred.shape and out.dtype == pred.dtype
+    out4 = align_least_squares(pred[:, None], gt[:, None], mask[:, None])
+    assert out4.shape == (3, 1, 24, 32)
+    torch.testing.assert_close(out4[:, 0], out)
+
+
+def test_least_squares_exact_on_affine_prediction_and_empty_image():
+    gt, mask, _ = _data()
+    pred = (gt - 0.7) / 2.5
+    mask[1] = False
+    out = align_least_squares(pred, gt, mask)
+    torch.testing.assert_close(out[0][mask[0]], gt[0][mask[0]], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], pred[1])  # no valid pixel: unchanged
+
+
+def test_log_ransac_exact_on_clean_data_equals_sklearn():
+    gt, mask, g = _data()
+    y = torch.log1p(gt)
+    pred = (y - 0.3) / 1.7 + 0.001 * torch.randn(gt.shape, generator=g)  # tiny noise: all inliers
+    a, b = fit_log_ransac(pred, gt, mask, generator=torch.Generator().manual_seed(0))
+    for i in range(gt.shape[0]):
+        x_i = pred[i][mask[i]].numpy()[:, None]
+        y_i = y[i][mask[i]].numpy()
+        r = RANSACRegressor(max_trials=1000, random_state=0).fit(x_i, y_i)
+        assert r.inlier_mask_.all()
+        assert a[i].item() == pytest.approx(float(r.estimator_.coef_[0]), rel=1e-4)
+        assert b[i].item() == pytest.approx(float(r.estimator_.intercept_), abs=1e-4)
+    out = align_log_ransac(pred, gt, mask)
+    assert out.shape == gt.shape
+    assert ((out[mask] - gt[mask]).abs() / gt[mask]).max() < 0.01
+
+
+def test_log_ransac_robust_to_outliers():
+    gt, mask, g = _data(b=4, h=40, w=40, seed=3)
+    y = torch.log1p(gt)
+    clean = (y - 0.3) / 1.7 + 0.002 * torch.randn(gt.shape, generator=g)
+    outl = torch.rand(gt.shape, generator=g) < 0.3
+    # gross outliers (far from the line): recovered almost exactly
+    far = torch.where(outl, clean + torch.rand(gt.shape, generator=g) * 2 + 1, clean)
+    a, b = fit_log_ransac(far, gt, mask, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, torch.full_like(a, 1.7), rtol=5e-3, atol=0)
+    torch.testing.assert_close(b, torch.full_like(b, 0.3), rtol=0, atol=5e-3)
+    # uniform outliers overlapping the data: the MAD threshold admits some, still close
+    mixed = torch.where(outl, torch.rand(gt.shape, generator=g) * 5 - 2, clean)
+    a, _ = fit_log_ransac(mixed, gt, mask, generator=torch.Generator().manual_seed(1))
+    assert (a - 1.7).abs().max() < 0.15
+    # plain least squares is thrown off by the same outliers
+    a_ls, _ = fit_least_squares(mixed, y, mask)
+    assert (a_ls - 1.7).abs().min() > 1.0
+
+
+def test_log_ransac_subsampled_scoring_same_as_full_on_clean_data():
+    gt, mask, g = _data(b=2, h=64, w=64, seed=5)
+    pred = (torch.log1p(gt) + 0.2) * 0.8
+    kw = dict(generator=torch.Generator().manual_seed(0))
+    a1, b1 = fit_log_ransac(pred, gt, mask, max_score_points=100, **kw)
+    a2, b2 = fit_log_ransac(pred, gt, mask, max_score_points=None, **kw)
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(b1, b2)
+
+
+def test_log_ransac_fallback_and_clipping():
+    gt, mask, _ = _data(b=2)
+    # decreasing relation: slope <= 0 -> ratio of means, b = 0
+    pred = -torch.log1p(gt)
+    a, b = fit_log_ransac(pred, gt, mask, generator=torch.Generator().manual_seed(0))
+    y = torch.log1p(gt)
+    for i in range(2):
+        expect = (y[i][mask[i]].double().mean() / pred[i][mask[i]].double().mean()).item()
+        assert a[i].item() == pytest.approx(expect, rel=1e-5)
+        assert b[i].item() == 0.0
+    out = align_log_ransac(pred, gt, mask)
+    for i in range(2):
+        assert out[i].min() >= 1e-3 - 1e-9
+        assert out[i].max() <= gt[i][mask[i]].max() + 1e-5
+
+
+def test_log_ransac_generator_reproducible():
+    gt, mask, g = _data(seed=7)
+    pred = torch.rand(gt.shape, generator=g)
+    a1, _ = fit_log_ransac(pred, gt, mask, generator=torch.Generator().manual_seed(4))
+    a2, _ = fit_log_ransac(pred, gt, mask, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a1, a2)
+
+
+def test_shape_and_dtype_errors():
+    x = torch.rand(1, 4, 4)
+    with pytest.raises(ValueError):
+        align_least_squares(x, torch.rand(1, 4, 5), torch.ones(1, 4, 5, dtype=torch.bool))
+    with pytest.raises(TypeError):
+        align_log_ransac(x, x, torch.ones(1, 4, 4))

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from fake_benchmarks import build, to_tar
+
+from ppd_lightning.evaluation.datasets import BENCHMARKS, BenchmarkLayoutError, build_benchmark
+
+ALL = ["nyuv2", "kitti", "eth3d", "scannet", "diode", "hypersim"]
+
+
+@pytest.mark.parametrize("as_tar", [False, True], ids=["folder", "tar"])
+@pytest.mark.parametrize("name", ALL)
+def test_loaders_read_pairs_depth_and_validity(fake_benchmark, name, as_tar):
+    root, gts = fake_benchmark(name, as_tar=as_tar, prefix="archive/" if as_tar else "")
+    ds = build_benchmark(name, root)
+    names = [s.removeprefix("archive/") for s, _ in ds.pairs]
+    assert names == sorted(gts)  # kitti: the frame without ground truth is skipped
+    for i in range(len(ds)):
+        s = ds[i]
+        gt = gts[s.name.removeprefix("archive/")]
+        assert s.image.dtype == np.uint8 and s.image.shape == (*gt.shape, 3)
+        expect_valid = np.isfinite(gt) & (gt > 0)
+        if name == "diode":
+            expect_valid[:, -2:] = False
+        np.testing.assert_array_equal(s.valid, expect_valid)
+        np.testing.assert_allclose(s.depth[expect_valid], gt[expect_valid], atol=1e-3)
+        assert (s.intrinsics is not None) == (name == "hypersim")
+
+
+def test_nyu_ignores_filled_and_kitti_skips_missing_gt(fake_benchmark):
+    root, _ = fake_benchmark("nyuv2")
+    ds = build_benchmark("nyuv2", root)
+    assert all("filled_" not in d and "depth_" in d for _, d in ds.pairs)
+    root, _ = fake_benchmark("kitti")
+    ds = build_benchmark("kitti", root)
+    assert len(ds) == 1 and ds.pairs[0][1].startswith("2011_09_26_drive_0002_sync/proj_depth/groundtruth/")
+
+
+def test_uint16_scales(fake_benchmark):
+    root, _ = fake_benchmark("kitti")
+    s = build_benchmark("kitti", root)[0]
+    assert s.depth[200, 10] == pytest.approx(10.0) and s.depth[200, -10] == pytest.approx(20.0)
+    assert not s.valid[:100].any()
+
+
+def test_eth3d_raw_float_size_is_validated(tmp_path):
+    root = tmp_path / "eth3d"
+    build("eth3d", root)
+    ds = build_benchmark("eth3d", root, depth_shape=[12, 16])
+    assert ds[0].depth.shape == (12, 16) and not ds[0].valid[1, 1]  # inf is invalid
+    bad = build_benchmark("eth3d", root, depth_shape=[4032, 6048])
+    with pytest.raises(ValueError, match=r"expected 4032x6048 float32"):
+        bad[0]
+
+
+def test_split_file_restricts_orders_and_skips_none(tmp_path):
+    root = tmp_path / "scannet"
+    gts = build("scannet", root)
+    names = sorted(gts)
+    split = tmp_path / "split.txt"
+    split.write_text(f"# comment\n{names[1]} scene0002_00/depth/100.png\n\n")
+    ds = build_benchmark("scannet", root, split=split)
+    assert ds.pairs == [(names[1], "scene0002_00/depth/100.png")]
+    split.write_text(f"{names[0]}\n{names[1]} None\n")  # rgb only: depth derived; None: skipped
+    assert [p[0] for p in build_benchmark("scannet", root, split=split).pairs] == [names[0]]
+    split.write_text("scene9/color/1.jpg\n")
+    with pytest.raises(BenchmarkLayoutError, match="scene9/color/1.jpg not found"):
+        build_benchmark("scannet", root, split=split)
+
+
+def test_split_paths_resolve_inside_a_prefixed_tar(tmp_path):
+    src = tmp_path / "src"
+    gts = build("diode", src)
+    tar = to_tar(src, tmp_path / "diode_val.tar", prefix="val/")
+    split = tmp_path / "split.txt"
+    split.write_text("\n".join(sorted(gts)) + "\n")
+    ds = build_benchmark("diode", tar, split=split)
+    assert len(ds) == 2 and ds.pairs[0][0].startswith("val/")
+    assert ds[1].depth.shape == (24, 32)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_missing_root_and_empty_root_errors_name_path_and_layout(tmp_path, name):
+    missing = tmp_path / "nope"
+    with pytest.raises(BenchmarkLayoutError) as e:
+        build_benchmark(name, missing)
+    assert str(missing) in str(e.value) and BENCHMARKS[name].layout in str(e.value)
+    empty = tmp_path / "empty"
+    empty.mkdir(exist_ok=True)
+    (empty / "readme.txt").write_text("x")
+    with pytest.raises(BenchmarkLayoutError) as e:
+        build_benchmark(name, empty)
+    assert f"found no {name} pairs in {empty}" in str(e.value) and BENCHMARKS[name].layout in str(e.value)
+    with pytest.raises(BenchmarkLayoutError, match="no root given"):
+        build_benchmark(name, None)

@@ -1,0 +1,191 @@
+"""PPDLightningModule behaviour on hand-made batches (no files): losses, skip-on-NaN, EMA, encoder
+handling, checkpoints."""
+
+import math
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from ppd_lightning.training.checkpoint import export_dit, load_model_from_checkpoint
+from ppd_lightning.official import load_dit
+
+ENC = dict(allow_random=True, random_seed=0, embed_dim=32, depth=1, num_heads=2, img_size=56)
+DIT = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, semantic_dim=32, variant="cascade")
+
+
+def make_module(**kw):
+    from ppd_lightning.training.module import PPDLightningModule
+
+    cfg = dict(dit=dict(DIT), encoder=dict(ENC), ema_decay=0.9, val_steps=2, val_sets=["toy"])
+    cfg.update(kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PPDLightningModule(**cfg)
+
+
+def toy_batch(B=2, H=32, W=48, seed=0, nan=False):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(B, 3, H, W, generator=g)
+    # depth grows towards the top of the image, like a ground plane
+    rows = torch.linspace(20, 2, H).view(1, 1, H, 1)
+    depth = (rows + image[:, :1] * 2).expand(B, 1, H, W).clone()
+    mask = torch.ones(B, 1, H, W, dtype=torch.bool)
+    sky = torch.zeros_like(mask)
+    sky[:, :, :3] = True
+    mask[:, :, :3] = False
+    depth[:, :, :3] = 0
+    if nan:
+        depth[0, 0, 10, 10] = float("nan")
+        image[0, 0, 0, 0] = float("nan")
+    return {"image": image, "depth": depth, "mask": mask, "sky": sky, "dataset": ["toy"] * B,
+            "n_corrupt": torch.tensor([1, 0])}
+
+
+class Batches(IterableDataset):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def fit(module, batches, val=None, **trainer_kw):
+    kw = dict(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    kw.update(trainer_kw)
+    trainer = L.Trainer(**kw)
+    loader = DataLoader(Batches(batches), batch_size=None)
+    val_loader = DataLoader(Batches(val), batch_size=None) if val else None
+    trainer.fit(module, loader, val_loader)
+    return trainer
+
+
+def test_encoder_is_frozen_excluded_from_optimizer_and_checkpoint(tmp_path):
+    m = make_module()
+    opt = m.configure_optimizers()
+    in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert not any(id(p) in in_opt for p in m.encoder.parameters())
+    assert all(id(p) in in_opt for p in m.dit.parameters())
+    assert not any(id(p) in in_opt for p in m.ema_dit.parameters())
+    trainer = fit(m, [toy_batch(seed=i) for i in range(3)])
+    assert not m.encoder.training
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    assert not any(k.startswith("encoder.") for k in ckpt["state_dict"])
+    assert any(k.startswith("ema_dit.") for k in ckpt["state_dict"])
+    counts = m.parameter_counts()
+    assert counts["params/trainable"] == sum(p.numel() for p in m.dit.parameters())
+    assert counts["params/frozen_encoder"] == sum(p.numel() for p in m.encoder.parameters()) > 0
+    assert m.corrupt_samples == 3  # one per batch, from n_corrupt
+
+
+def test_training_moves_dit_and_ema_lags_behind():
+    m = make_module()
+    before = {k: v.clone() for k, v in m.dit.state_dict().items()}
+    fit(m, [toy_batch(seed=i) for i in range(4)])
+    changed = [k for k, v in m.dit.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+    assert int(m.ema_updates) == 4
+    w, e, b = (x["final_layer.linear.weight"] for x in (m.dit.state_dict(), m.ema_dit.state_dict(), before))
+    assert not torch.equal(e, b) and not torch.equal(e, w)
+
+
+def test_non_finite_loss_skips_the_step_and_counts_it():
+    m = make_module()
+    fit(m, [toy_batch(seed=0)])
+    after_good = {k: v.clone() for k, v in m.dit.state_dict().items()}
+    ema_updates = int(m.ema_updates)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(m, DataLoader(Batches([toy_batch(seed=1, nan=True)]), batch_size=None))
+    assert m.skipped_steps == 1
+    for k, v in m.dit.state_dict().items():
+        assert torch.equal(v, after_good[k]), k
+    assert int(m.ema_updates) == ema_updates
+
+
+def test_too_many_non_finite_losses_stop_training_with_a_clear_error():
+    m = make_module(max_bad_steps=2)
+    with pytest.raises(RuntimeError, match="2 consecutive non-finite losses"):
+        fit(m, [toy_batch(seed=i, nan=True) for i in range(3)])
+
+
+def test_sky_is_valid_and_beyond_the_farthest_depth():
+    m = make_module()
+    b = toy_batch()
+    depth, mask = m.depth_and_mask(b)
+    assert mask[:, :, :3].all()
+    far = b["depth"][b["mask"]].max()
+    assert (depth[:, :, :3] > far).all() and (depth[:, :, :3] < far * 1.1 + 1).all()
+
+
+@pytest.mark.parametrize("kw", [dict(grad_loss_weight=0.2), dict(align_loss_weight=0.5), dict(ema_decay=None)])
+def test_optional_losses_and_no_ema(kw):
+    m = make_module(**kw)
+    trainer = fit(m, [toy_batch(seed=i) for i in range(2)])
+    logged = trainer.callback_metrics
+    assert math.isfinite(float(logged["train/loss"]))
+    if "grad_loss_weight" in kw:
+        assert float(logged["train/loss_gradient"]) > 0
+    if "align_loss_weight" in kw:
+        assert 0 < float(logged["train/loss_align"]) <= 2
+
+
+def test_vanilla_variant_has_no_encoder():
+    m = make_module(dit=dict(DIT, variant="vanilla"))
+    assert m.encoder is None
+    fit(m, [toy_batch()])
+
+
+def test_validation_logs_model_and_baseline_metrics():
+    m = make_module()
+    trainer = fit(m, [toy_batch(seed=i) for i in range(3)], val=[toy_batch(seed=9), toy_batch(seed=10)])
+    metrics = trainer.callback_metrics
+    for key in ("val/toy/abs_rel", "val/toy/delta1", "val_baseline/toy/abs_rel", "val_baseline/toy/delta1"):
+        assert key in metrics and math.isfinite(float(metrics[key])), key
+    assert 0 <= float(metrics["val/toy/delta1"]) <= 1
+
+
+def test_unknown_validation_source_is_a_clear_error():
+    m = make_module()
+    bad = toy_batch()
+    bad["dataset"] = ["other", "other"]
+    with pytest.raises(KeyError, match="'other' is not in model.val_sets"):
+        fit(m, [toy_batch()], val=[bad])
+
+
+def test_checkpoint_reload_and_export(tmp_path):
+    m = make_module()
+    trainer = fit(m, [toy_batch(seed=i) for i in range(3)])
+    path = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model_from_checkpoint(path)  # EMA weights, encoder rebuilt from its seed
+        raw = load_model_from_checkpoint(path, use_ema=False)
+    for k, v in model.dit.state_dict().items():
+        torch.testing.assert_close(v, m.ema_dit.state_dict()[k])
+    for k, v in raw.dit.state_dict().items():
+        torch.testing.assert_close(v, m.dit.state_dict()[k])
+    for k, v in model.encoder.state_dict().items():
+        torch.testing.assert_close(v, m.encoder.state_dict()[k])
+    out = export_dit(path, tmp_path / "export" / "ppd.safetensors")
+    dit = load_dit(out)
+    assert dit.config() == m.ema_dit.config()
+    image = torch.rand(1, 3, 32, 48)
+    noise = torch.randn(1, 1, 32, 48)
+    torch.testing.assert_close(model.sample(image, 2, noise=noise), m.inference_model().sample(image, 2, noise=noise))
+
+
+def test_random_encoder_needs_explicit_permission():
+    from ppd_lightning.training.encoders import build_semantic_encoder
+
+    with pytest.raises(ValueError, match="model.encoder.weights is not set"):
+        build_semantic_encoder(size="vits")

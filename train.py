@@ -1,0 +1,16 @@
+"""Train Pixel-Perfect Depth. `python train.py` runs the CPU demo on the embedded synthetic world;
+`python train.py experiment=cascade_dit trainer.devices=8` the paper's 1024x768 stage. See README."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from ppd_lightning.training.run import train
+
+    return train(cfg)["objective"]
+
+
+if __name__ == "__main__":
+    main()
