@@ -1,7 +1,7 @@
 """Depth shard loader throughput and format trade-offs, measured in one run.
 
     python benchmarks/loader_throughput.py                 # quick: 16 samples per size
-    python benchmarks/loader_throughput.py --samples 48 --sizes 512x512 1024x768
+    python benchmarks/loader_throughput.py --samples 48 --sizes 512x512 768x1024   # HxW
 
 For each size HxW it renders synthetic samples at that size (the world is the content; the
 renderer's own speed is also reported), then measures for each encoding (png/jpg x float16/float32):
@@ -17,8 +17,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 from ppd_lightning.data.datamodule import DepthShardDataModule
 from ppd_lightning.data.format import decode_sample, encode_sample, write_shard_atomic

@@ -49,11 +49,19 @@ def _check_local_shards(sources: list[dict[str, Any]]) -> None:
 
 
 class _EpochLoader(wds.WebLoader):
-    """WebLoader that bumps the dataset's epoch before each pass, so a restarted (non-persistent)
-    worker does not replay the previous epoch's random stream."""
+    """WebLoader that sets the dataset's epoch before each pass, so every pass (and every restarted,
+    non-persistent worker) reads a fresh random stream. With ``epoch_fn`` (the trainer's epoch) the stream
+    is a function of the epoch number, so a run resumed at an epoch boundary reads what the uninterrupted
+    run would have read; Lightning may create (and drop) more than one iterator per epoch, so counting
+    ``__iter__`` calls would not be reproducible. Without it, passes are counted."""
+
+    def __init__(self, *args, epoch_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch_fn = epoch_fn
 
     def __iter__(self):
-        self.pipeline[0].dataset.epoch += 1
+        ds = self.pipeline[0].dataset
+        ds.epoch = int(self.epoch_fn()) if self.epoch_fn is not None else ds.epoch + 1
         return super().__iter__()
 
 
@@ -148,16 +156,22 @@ class DepthShardDataModule(L.LightningDataModule):
         if val:
             self._val_ds = DepthShardStream(val, self.val_size, self.val_batch_size, train=False, **common)
 
-    def _loader(self, ds: DepthShardStream, persistent: bool) -> wds.WebLoader:
+    def _trainer_epoch(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else int(trainer.current_epoch)
+
+    def _loader(self, ds: DepthShardStream, persistent: bool, epoch_fn=None) -> wds.WebLoader:
         kw: dict[str, Any] = dict(batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
         if self.num_workers > 0:
             kw.update(prefetch_factor=self.prefetch_factor, persistent_workers=persistent)
-        return _EpochLoader(ds, **kw)
+        return _EpochLoader(ds, epoch_fn=epoch_fn, **kw)
 
     def train_dataloader(self) -> wds.WebLoader:
         if self._train_ds is None:
             raise RuntimeError("train_dataloader() needs setup() and at least one train source")
-        loader = self._loader(self._train_ds, persistent=True).with_epoch(self.epoch_batches)
+        # Not persistent: each epoch's workers must see the new data epoch (see DepthShardStream.epoch).
+        epoch_fn = self._trainer_epoch if getattr(self, "trainer", None) is not None else None
+        loader = self._loader(self._train_ds, persistent=False, epoch_fn=epoch_fn).with_epoch(self.epoch_batches)
         return loader.with_length(self.epoch_batches, silent=True)
 
     def val_dataloader(self) -> wds.WebLoader | list:

@@ -110,8 +110,9 @@ class DepthShardStream(IterableDataset):
         self.shuffle_buffer = int(shuffle_buffer)
         self.transform = CropResize(tuple(size), train=train, scale_range=tuple(scale_range), hflip=hflip)
         self.return_keys = return_keys
-        self.epoch = 0  # bumped by the loader in the main process before each epoch
-        self._local_iter = 0  # bumped in each worker copy (persistent workers never see .epoch change)
+        # Set by the loader in the main process before each pass (the trainer's epoch, or a pass count);
+        # training workers are not persistent, so each pass's workers see the new value.
+        self.epoch = 0
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -192,8 +193,9 @@ class DepthShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        self._local_iter += 1
-        rng = np.random.default_rng([self.seed, self.rank, wid, self.epoch, self._local_iter])
+        # The stream is a function of (seed, rank, worker, epoch) only: a run resumed at an epoch boundary
+        # reads exactly what the uninterrupted run would have read.
+        rng = np.random.default_rng([self.seed, self.rank, wid, self.epoch])
         stats = _Stats(self.sources)
         raw = self._raw_train(wid, nw, rng, stats) if self.train else self._raw_val(wid, nw, stats)
         batch: list[dict[str, Any]] = []

@@ -131,6 +131,9 @@ def train(cfg: DictConfig) -> dict:
     started = time.time()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_seconds = time.time() - started
+    if not trainer.interrupted and not cfg.trainer.get("fast_dev_run"):
+        # the end state, whatever the step-based checkpoint interval (collective: every rank calls it)
+        trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt")
 
     results: dict[str, Any] = {}
     if cfg.get("validate_after_fit", True) and datamodule.val_sources_cfg:
