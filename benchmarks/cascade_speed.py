@@ -68,8 +68,13 @@ def main() -> None:
     args = ap.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
-    sizes = dict(hidden_size=args.hidden, depth=args.depth, num_heads=args.heads, patch_size=args.patch,
-                 semantic_dim=args.semantic_dim)
+    sizes = dict(
+        hidden_size=args.hidden,
+        depth=args.depth,
+        num_heads=args.heads,
+        patch_size=args.patch,
+        semantic_dim=args.semantic_dim,
+    )
     B, H, W = args.batch, args.height, args.width
     x = torch.randn(B, 1, H, W, device=device)
     img = torch.rand(B, 3, H, W, device=device)
@@ -77,8 +82,10 @@ def main() -> None:
     t = torch.rand(B, device=device)
 
     peak = matmul_peak(device, dtype, 2048 if device.type == "cpu" else 8192, args.repeats)
-    print(f"device {device} ({torch.get_num_threads()} threads), dtype {args.dtype}, input {B}x{H}x{W}, "
-          f"fine tokens {(H // args.patch) * (W // args.patch)}")
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), dtype {args.dtype}, input {B}x{H}x{W}, "
+        f"fine tokens {(H // args.patch) * (W // args.patch)}"
+    )
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s")
     rows = {}
     for variant in ("vanilla", "cascade"):
@@ -93,8 +100,10 @@ def main() -> None:
         sec = timeit(fwd, device, args.repeats)
         rows[variant] = (sec, flops)
         params = sum(p.numel() for p in model.parameters())
-        print(f"{variant:8s} params {params / 1e6:7.1f}M  forward {sec * 1e3:8.1f} ms  {flops / 1e9:8.1f} GFLOP  "
-              f"{flops / sec / 1e9:7.1f} GFLOP/s = {flops / sec / peak:5.1%} of matmul peak")
+        print(
+            f"{variant:8s} params {params / 1e6:7.1f}M  forward {sec * 1e3:8.1f} ms  {flops / 1e9:8.1f} GFLOP  "
+            f"{flops / sec / 1e9:7.1f} GFLOP/s = {flops / sec / peak:5.1%} of matmul peak"
+        )
     (tv, fv), (tc, fc) = rows["vanilla"], rows["cascade"]
     print(f"cascade speed-up: {tv / tc:.2f}x measured, {fv / fc:.2f}x by FLOPs")
 

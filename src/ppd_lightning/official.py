@@ -44,7 +44,9 @@ def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is one clear error naming the file
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]
+        ) from e
     if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
         sd = sd["state_dict"]  # a plain state dict saved inside a wrapper
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -70,7 +72,9 @@ def _preview(keys: list[str], n: int = 8) -> str:
 
 def _require(sd: Mapping, key: str, name: str) -> torch.Tensor:
     if key not in sd:
-        raise CheckpointError(f"{name}: missing key '{key}' (is this a Pixel-Perfect Depth / DINOv2 checkpoint?)")
+        raise CheckpointError(
+            f"{name}: missing key '{key}' (is this a Pixel-Perfect Depth / DINOv2 checkpoint?)"
+        )
     return sd[key]
 
 
@@ -79,7 +83,11 @@ def load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], name: s
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {_preview(missing)}")
@@ -180,6 +188,10 @@ def load_semantic_encoder(source: StateSource, **overrides) -> SemanticEncoder:
     return enc
 
 
-def load_pixel_perfect_depth(dit: StateSource, semantics: StateSource, steps: int = 4, **dit_overrides) -> PixelPerfectDepth:
+def load_pixel_perfect_depth(
+    dit: StateSource, semantics: StateSource, steps: int = 4, **dit_overrides
+) -> PixelPerfectDepth:
     """Both released files -> a ready PixelPerfectDepth (eval mode)."""
-    return PixelPerfectDepth(load_dit(dit, **dit_overrides), load_semantic_encoder(semantics), steps=steps).eval()
+    return PixelPerfectDepth(
+        load_dit(dit, **dit_overrides), load_semantic_encoder(semantics), steps=steps
+    ).eval()

@@ -136,3 +136,23 @@ def test_expand_shard_urls(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="expands to no shards"):
         expand_shard_urls(str(tmp_path / "empty"))
+
+
+def test_stock_webdataset_reads_our_shards(tmp_path):
+    """The format is a contract: plain webdataset (no ppd_lightning code) decodes every member."""
+    import webdataset as wds
+
+    from ppd_lightning.data.make_shards import write_shards
+
+    manifest = write_shards(
+        "synthetic", tmp_path, options={"num_samples": 3, "height": 24, "width": 32, "seed": 0},
+        samples_per_shard=2, progress=False,
+    )
+    samples = list(wds.WebDataset(manifest["pattern"], shardshuffle=False).decode("rgb8"))
+    assert len(samples) == 3
+    for s in samples:
+        assert s["rgb.png"].shape == (24, 32, 3)
+        depth = np.load(io.BytesIO(s["depth.npy"])) if isinstance(s["depth.npy"], bytes) else s["depth.npy"]
+        assert depth.shape == (24, 32) and np.isfinite(depth).all()
+        meta = s["meta.json"] if isinstance(s["meta.json"], dict) else json.loads(s["meta.json"])
+        assert meta["dataset"] == "synthetic" and {"fx", "fy", "cx", "cy"} <= set(meta)

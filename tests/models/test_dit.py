@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import randomize, tiny_dit
+
 from ppd_lightning.models.dit import Rope2D
 
 

@@ -44,14 +44,16 @@ def test_euler_sampler_is_exact_for_the_true_velocity():
     for steps in (1, 4, 7):
         calls = []
 
-        def velocity(x, t):
+        def velocity(x, t, calls=calls):
             calls.append(t.clone())
             return noise - x0
 
         out = EulerSampler(steps).sample(velocity, noise)
         torch.testing.assert_close(out, x0, rtol=1e-5, atol=1e-5)
         assert len(calls) == steps and calls[0].shape == (2,)
-        torch.testing.assert_close(torch.stack([c[0] for c in calls]), official_timesteps(steps).float() / 1000)
+        torch.testing.assert_close(
+            torch.stack([c[0] for c in calls]), official_timesteps(steps).float() / 1000
+        )
 
 
 def test_logit_normal_timesteps():
@@ -64,6 +66,18 @@ def test_logit_normal_timesteps():
     assert shifted.median() > 0.7
     with pytest.raises(ValueError):
         LogitNormalTimesteps(scale=0)
+
+
+def test_uniform_share_of_timesteps_reaches_the_ends():
+    g = torch.Generator().manual_seed(0)
+    plain = LogitNormalTimesteps()(20000, generator=g)
+    mixed = LogitNormalTimesteps(uniform_fraction=0.3)(20000, generator=g)
+    uniform = LogitNormalTimesteps(uniform_fraction=1.0)(20000, generator=g)
+    assert (plain > 0.95).float().mean() < 0.005  # the logit-normal hardly ever trains near t = 1
+    assert abs((mixed > 0.95).float().mean() - 0.3 * 0.05) < 0.006
+    assert abs(uniform.mean() - 0.5) < 0.01 and abs((uniform > 0.95).float().mean() - 0.05) < 0.006
+    with pytest.raises(ValueError, match="uniform_fraction"):
+        LogitNormalTimesteps(uniform_fraction=1.5)
 
 
 def test_flow_matching_prepare():

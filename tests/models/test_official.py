@@ -4,9 +4,9 @@ import pickle
 
 import pytest
 import torch
+from conftest import randomize, tiny_dit, tiny_encoder
 from safetensors.torch import save_file
 
-from conftest import randomize, tiny_dit, tiny_encoder
 from ppd_lightning.models import PixelPerfectDepth
 from ppd_lightning.official import (
     CheckpointError,
@@ -67,7 +67,9 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     sd = torch.load(path, weights_only=True)
     del sd["dit.blocks.1.mlp.fc2.bias"]
     sd["dit.blocks.0.extra.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match=r"missing keys: blocks.1.mlp.fc2.bias.*unexpected keys: blocks.0.extra"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys: blocks.1.mlp.fc2.bias.*unexpected keys: blocks.0.extra"
+    ):
         load_dit(sd)
 
 

@@ -10,9 +10,9 @@ import re
 
 import pytest
 import torch
+from conftest import reference_dir
 from safetensors.torch import load_file, save_file
 
-from conftest import reference_dir
 from ppd_lightning.flow import official_timesteps
 from ppd_lightning.models import PixelPerfectDepth
 from ppd_lightning.official import load_dit, load_semantic_encoder
@@ -84,7 +84,9 @@ def test_dit_velocity_matches_official(meta_path, fmt, tmp_path):
 @pytest.mark.parametrize("meta_path", _cases("semantics"))
 def test_semantic_encoder_matches_official(meta_path, fmt, tmp_path):
     meta, t, state = _load(meta_path)
-    enc = load_semantic_encoder(_via_file(state, tmp_path, fmt, "depth_anything_v2"), **_encoder_overrides(meta))
+    enc = load_semantic_encoder(
+        _via_file(state, tmp_path, fmt, "depth_anything_v2"), **_encoder_overrides(meta)
+    )
     cfg = meta["encoder_config"]
     assert enc.embed_dim == cfg["embed_dim"] and len(enc.vit.blocks) == cfg["depth"]
     assert enc.patch_size == cfg["patch_size"]

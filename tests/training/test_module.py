@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from ppd_lightning.training.checkpoint import export_dit, load_model_from_checkpoint
 from ppd_lightning.official import load_dit
+from ppd_lightning.training.checkpoint import export_dit, load_model_from_checkpoint
 
 ENC = dict(allow_random=True, random_seed=0, embed_dim=32, depth=1, num_heads=2, img_size=56)
 DIT = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, semantic_dim=32, variant="cascade")
@@ -40,8 +40,14 @@ def toy_batch(B=2, H=32, W=48, seed=0, nan=False):
     if nan:
         depth[0, 0, 10, 10] = float("nan")
         image[0, 0, 0, 0] = float("nan")
-    return {"image": image, "depth": depth, "mask": mask, "sky": sky, "dataset": ["toy"] * B,
-            "n_corrupt": torch.tensor([1, 0])}
+    return {
+        "image": image,
+        "depth": depth,
+        "mask": mask,
+        "sky": sky,
+        "dataset": ["toy"] * B,
+        "n_corrupt": torch.tensor([1, 0]),
+    }
 
 
 class Batches(IterableDataset):
@@ -56,8 +62,15 @@ class Batches(IterableDataset):
 
 
 def fit(module, batches, val=None, **trainer_kw):
-    kw = dict(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    kw = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     kw.update(trainer_kw)
     trainer = L.Trainer(**kw)
     loader = DataLoader(Batches(batches), batch_size=None)
@@ -102,8 +115,14 @@ def test_non_finite_loss_skips_the_step_and_counts_it():
     fit(m, [toy_batch(seed=0)])
     after_good = {k: v.clone() for k, v in m.dit.state_dict().items()}
     ema_updates = int(m.ema_updates)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(m, DataLoader(Batches([toy_batch(seed=1, nan=True)]), batch_size=None))
     assert m.skipped_steps == 1
     for k, v in m.dit.state_dict().items():
@@ -126,7 +145,9 @@ def test_sky_is_valid_and_beyond_the_farthest_depth():
     assert (depth[:, :, :3] > far).all() and (depth[:, :, :3] < far * 1.1 + 1).all()
 
 
-@pytest.mark.parametrize("kw", [dict(grad_loss_weight=0.2), dict(align_loss_weight=0.5), dict(ema_decay=None)])
+@pytest.mark.parametrize(
+    "kw", [dict(grad_loss_weight=0.2), dict(align_loss_weight=0.5), dict(ema_decay=None)]
+)
 def test_optional_losses_and_no_ema(kw):
     m = make_module(**kw)
     trainer = fit(m, [toy_batch(seed=i) for i in range(2)])
@@ -181,7 +202,9 @@ def test_checkpoint_reload_and_export(tmp_path):
     assert dit.config() == m.ema_dit.config()
     image = torch.rand(1, 3, 32, 48)
     noise = torch.randn(1, 1, 32, 48)
-    torch.testing.assert_close(model.sample(image, 2, noise=noise), m.inference_model().sample(image, 2, noise=noise))
+    torch.testing.assert_close(
+        model.sample(image, 2, noise=noise), m.inference_model().sample(image, 2, noise=noise)
+    )
 
 
 def test_random_encoder_needs_explicit_permission():

@@ -48,11 +48,15 @@ class TimestepEmbedder(nn.Module):
         super().__init__()
         self.frequency_size = frequency_size
         self.max_period = max_period
-        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     def sinusoidal(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_size // 2
-        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        freqs = torch.exp(
+            -math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        )
         # Scale in float64 so t = k/1000 gives exactly the official integer timestep k (MPS lacks float64).
         wide = torch.float32 if t.device.type == "mps" else torch.float64
         args = (t.to(wide) * TIME_SCALE).float()[:, None] * freqs[None]
@@ -75,7 +79,9 @@ class Rope2D(nn.Module):
         self.base = base
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def tables(self, grid_h: int, grid_w: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(
+        self, grid_h: int, grid_w: int, head_dim: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         key = (grid_h, grid_w, head_dim, str(device))
         if key not in self._cache:
             if head_dim % 4:
@@ -220,7 +226,9 @@ class CascadeSPDiT(nn.Module):
         self.rope = Rope2D(rope_base)
         self.x_embedder = PatchEmbed(self.embed_patch, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, self.rope) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio, self.rope) for _ in range(depth)
+        )
         if self.uses_semantics:
             fused = hidden_size * (4 if variant == "cascade" else 1)
             self.proj_fusion = nn.Sequential(
@@ -287,8 +295,15 @@ class CascadeSPDiT(nn.Module):
     def _check_inputs(self, x_t, image, semantics, t) -> None:
         if x_t.ndim != 4 or x_t.shape[1] != self.in_channels - 3:
             raise ValueError(f"x_t must be (B, {self.in_channels - 3}, H, W), got {tuple(x_t.shape)}")
-        if image.ndim != 4 or image.shape[1] != 3 or image.shape[0] != x_t.shape[0] or image.shape[2:] != x_t.shape[2:]:
-            raise ValueError(f"image must be (B, 3, H, W) matching x_t {tuple(x_t.shape)}, got {tuple(image.shape)}")
+        if (
+            image.ndim != 4
+            or image.shape[1] != 3
+            or image.shape[0] != x_t.shape[0]
+            or image.shape[2:] != x_t.shape[2:]
+        ):
+            raise ValueError(
+                f"image must be (B, 3, H, W) matching x_t {tuple(x_t.shape)}, got {tuple(image.shape)}"
+            )
         H, W = x_t.shape[-2:]
         m = self.size_multiple
         if H % m or W % m:
@@ -298,19 +313,25 @@ class CascadeSPDiT(nn.Module):
         if self.uses_semantics:
             n = (H // SEMANTIC_STRIDE) * (W // SEMANTIC_STRIDE)
             if semantics is None:
-                raise ValueError(f"the {self.variant} variant needs semantic tokens (B, {n}, {self.semantic_dim})")
+                raise ValueError(
+                    f"the {self.variant} variant needs semantic tokens (B, {n}, {self.semantic_dim})"
+                )
             if semantics.ndim != 3 or semantics.shape[1:] != (n, self.semantic_dim):
                 raise ValueError(
                     f"semantics must be (B, H/16*W/16, C) = (B, {n}, {self.semantic_dim}) for a {H}x{W} input, "
                     f"got {tuple(semantics.shape)}"
                 )
 
-    def _run_block(self, block: DiTBlock, x: torch.Tensor, c: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def _run_block(
+        self, block: DiTBlock, x: torch.Tensor, c: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, x, c, grid, use_reentrant=False)
         return block(x, c, grid)
 
-    def _fuse(self, x: torch.Tensor, semantics: torch.Tensor, grid: tuple[int, int], image_hw) -> torch.Tensor:
+    def _fuse(
+        self, x: torch.Tensor, semantics: torch.Tensor, grid: tuple[int, int], image_hw
+    ) -> torch.Tensor:
         B, _, D = x.shape
         sem_grid = (image_hw[0] // SEMANTIC_STRIDE, image_hw[1] // SEMANTIC_STRIDE)
         if sem_grid != grid:

@@ -67,7 +67,9 @@ class PixelPerfectDepth(nn.Module):
         B, _, H, W = image.shape
         shape = (B, 1, H, W)
         if noise is None:
-            noise = torch.randn(shape, generator=generator, device=image.device if generator is None else generator.device)
+            noise = torch.randn(
+                shape, generator=generator, device=image.device if generator is None else generator.device
+            )
             noise = noise.to(image.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must be {shape} for this image, got {tuple(noise.shape)}")

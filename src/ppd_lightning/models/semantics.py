@@ -116,7 +116,9 @@ class SemanticEncoder(nn.Module):
             scale = ((grid_h + self.interpolate_offset) / g0, (grid_w + self.interpolate_offset) / g0)
             patch = F.interpolate(patch, scale_factor=scale, mode="bicubic", antialias=False)
             if patch.shape[-2:] != (grid_h, grid_w):
-                raise RuntimeError(f"position embedding resized to {tuple(patch.shape[-2:])}, not {(grid_h, grid_w)}")
+                raise RuntimeError(
+                    f"position embedding resized to {tuple(patch.shape[-2:])}, not {(grid_h, grid_w)}"
+                )
             patch = patch.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
             out = torch.cat([pos[:, :1].float(), patch], dim=1).to(pos.dtype)
         self._pos_cache = {key: out}  # one grid at a time: training and inference use one size
@@ -131,7 +133,9 @@ class SemanticEncoder(nn.Module):
             raise ValueError(f"image height and width must be multiples of {self.stride}, got {H}x{W}")
         gh, gw = H // self.stride, W // self.stride
         x = (image.float() - self.mean) / self.std
-        x = F.interpolate(x, size=(gh * self.patch_size, gw * self.patch_size), mode="bicubic", align_corners=False)
+        x = F.interpolate(
+            x, size=(gh * self.patch_size, gw * self.patch_size), mode="bicubic", align_corners=False
+        )
         vit = self.vit
         x = vit.patch_embed(x.to(vit.cls_token.dtype)).flatten(1, 2)  # (B, N, C)
         x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)

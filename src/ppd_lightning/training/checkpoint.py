@@ -34,7 +34,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
+        return super().load_checkpoint(
+            path, map_location=map_location, weights_only=True if weights_only is None else weights_only
+        )
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -44,9 +46,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from e
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]
+        ) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path}: not a ppd-lightning training checkpoint (needs state_dict and hyper_parameters)")
+        raise CheckpointError(
+            f"{path}: not a ppd-lightning training checkpoint (needs state_dict and hyper_parameters)"
+        )
     return ckpt
 
 
@@ -57,7 +63,10 @@ def dit_state_from_checkpoint(ckpt: dict, use_ema: bool = True) -> tuple[dict, b
 
 
 def load_model_from_checkpoint(
-    path: str | os.PathLike, use_ema: bool = True, map_location: str | torch.device = "cpu", encoder_weights: str | None = None
+    path: str | os.PathLike,
+    use_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+    encoder_weights: str | None = None,
 ) -> PixelPerfectDepth:
     """A training checkpoint -> PixelPerfectDepth (EMA weights when present and ``use_ema``).
 

@@ -75,14 +75,20 @@ class PPDLightningModule(L.LightningModule):
         val_steps: int = 4,
         val_sets: list[str] | tuple[str, ...] = ("synthetic",),
         max_bad_steps: int = 20,
-        baseline_batches: int = 50,
+        baseline_images: int = 512,
         seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.dit = CascadeSPDiT(**dit)
-        self.encoder = build_semantic_encoder(**encoder) if self.dit.uses_semantics or align_loss_weight > 0 else None
-        if self.encoder is not None and self.dit.uses_semantics and self.encoder.embed_dim != self.dit.semantic_dim:
+        self.encoder = (
+            build_semantic_encoder(**encoder) if self.dit.uses_semantics or align_loss_weight > 0 else None
+        )
+        if (
+            self.encoder is not None
+            and self.dit.uses_semantics
+            and self.encoder.embed_dim != self.dit.semantic_dim
+        ):
             raise ValueError(
                 f"model.encoder width {self.encoder.embed_dim} != model.dit.semantic_dim {self.dit.semantic_dim}"
             )
@@ -94,7 +100,9 @@ class PPDLightningModule(L.LightningModule):
         if align_loss_weight > 0:
             self.align_block = self.dit.depth // 2 - 1 if align_block is None else align_block
             h = self.dit.hidden_size
-            self.align_projector = nn.Sequential(nn.Linear(h, 2 * h), nn.SiLU(), nn.Linear(2 * h, self.encoder.embed_dim))
+            self.align_projector = nn.Sequential(
+                nn.Linear(h, 2 * h), nn.SiLU(), nn.Linear(2 * h, self.encoder.embed_dim)
+            )
         self.ema_decay = ema_decay
         self.ema = EMA(ema_decay) if ema_decay else None
         self.ema_dit = copy.deepcopy(self.dit).requires_grad_(False) if ema_decay else None
@@ -102,7 +110,7 @@ class PPDLightningModule(L.LightningModule):
         self.val_sets = list(val_sets)
         self.val_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets})
         self.baseline_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets})
-        self.max_bad_steps, self.baseline_batches = max_bad_steps, baseline_batches
+        self.max_bad_steps, self.baseline_images = max_bad_steps, baseline_images
         # Dataset-mean baseline: the mean training target map, aligned to each image like the model.
         self.register_buffer("mean_target_sum", torch.zeros(0), persistent=True)
         self.register_buffer("mean_target_count", torch.zeros((), dtype=torch.long), persistent=True)
@@ -124,14 +132,24 @@ class PPDLightningModule(L.LightningModule):
         trainable = sum(p.numel() for p in self.trainable_parameters())
         frozen = sum(p.numel() for p in self.encoder.parameters()) if self.encoder is not None else 0
         ema = sum(p.numel() for p in self.ema_dit.parameters()) if self.ema_dit is not None else 0
-        return {"params/total": total, "params/trainable": trainable, "params/frozen_encoder": frozen, "params/ema": ema}
+        return {
+            "params/total": total,
+            "params/trainable": trainable,
+            "params/frozen_encoder": frozen,
+            "params/ema": ema,
+        }
 
     def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0))
+        factory = self.optimizer_factory or (
+            lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+        )
         optimizer = factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+        }
 
     def inference_model(self, use_ema: bool = True) -> PixelPerfectDepth:
         dit = self.ema_dit if (use_ema and self.ema_dit is not None) else self.dit
@@ -180,7 +198,9 @@ class PPDLightningModule(L.LightningModule):
         features = {}
         hook = None
         if self.align_loss_weight > 0:
-            hook = self.dit.blocks[self.align_block].register_forward_hook(lambda m, i, o: features.update(x=o))
+            hook = self.dit.blocks[self.align_block].register_forward_hook(
+                lambda m, i, o: features.update(x=o)
+            )
         try:
             v = self.dit(fm["x_t"], image, semantics if self.dit.uses_semantics else None, fm["t"])
         finally:
@@ -251,7 +271,7 @@ class PPDLightningModule(L.LightningModule):
 
     @torch.no_grad()
     def _accumulate_mean_target(self, x0: torch.Tensor) -> None:
-        if int(self.mean_target_count) >= self.baseline_batches:
+        if int(self.mean_target_count) >= self.baseline_images:
             return
         s = x0.detach().float().sum(0)
         if self.mean_target_sum.shape != s.shape:
@@ -269,11 +289,16 @@ class PPDLightningModule(L.LightningModule):
         image = batch["image"]
         depth, mask = batch["depth"].float(), batch["mask"].bool()
         g = self._generator(10**9, dataloader_idx, batch_idx)
-        pred = self._val_model.sample(image, steps=self.val_steps, generator=g) - 0.5
+        # The model's depth as released (x0 + 0.5, about [0, 1]), which is what the ppd protocol aligns; its
+        # ratio-of-means fallback assumes a positive, depth-like prediction.
+        pred = self._val_model.sample(image, steps=self.val_steps, generator=g)
         aligned = align_log_ransac(pred.float(), depth, mask, generator=g)
         names = batch.get("dataset") or [self.val_sets[0]] * image.shape[0]
         baseline = self._baseline_prediction(pred)
-        aligned_base = align_log_ransac(baseline, depth, mask, generator=g) if baseline is not None else None
+        g_base = self._generator(2 * 10**9, dataloader_idx, batch_idx)  # independent of the model's draws
+        aligned_base = (
+            align_log_ransac(baseline, depth, mask, generator=g_base) if baseline is not None else None
+        )
         for name in set(names):
             if name not in self.val_metrics:
                 raise KeyError(f"validation source {name!r} is not in model.val_sets {self.val_sets}")
@@ -286,7 +311,7 @@ class PPDLightningModule(L.LightningModule):
     def _baseline_prediction(self, like: torch.Tensor) -> torch.Tensor | None:
         if int(self.mean_target_count) == 0:
             return None
-        m = (self.mean_target_sum / self.mean_target_count.float())[None]
+        m = (self.mean_target_sum / self.mean_target_count.float())[None] + 0.5  # as a model depth
         if m.shape[-2:] != like.shape[-2:]:
             m = F.interpolate(m, size=like.shape[-2:], mode="bilinear", align_corners=False)
         return m.expand_as(like).contiguous().float()

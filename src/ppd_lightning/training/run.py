@@ -152,8 +152,10 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2))
         if "model" in results:
-            print(f"\nHeld-out synthetic scenes ({model.val_sets[0]}), {results['run']['global_step']} steps, "
-                  f"{train_seconds / 60:.1f} min:\n{format_table(results)}\nresults: {output_dir / 'results.json'}")
+            print(
+                f"\nHeld-out synthetic scenes ({model.val_sets[0]}), {results['run']['global_step']} steps, "
+                f"{train_seconds / 60:.1f} min:\n{format_table(results)}\nresults: {output_dir / 'results.json'}"
+            )
     objective = results.get("model", {}).get("abs_rel", math.nan)
     results["objective"] = objective
     return results

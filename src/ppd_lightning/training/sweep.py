@@ -13,7 +13,14 @@ from omegaconf import DictConfig
 
 from ppd_lightning.training.run import atomic_write_text
 
-COLUMNS = ("model/abs_rel", "model/delta1", "baseline/abs_rel", "baseline/delta1", "run/global_step", "run/train_seconds")
+COLUMNS = (
+    "model/abs_rel",
+    "model/delta1",
+    "baseline/abs_rel",
+    "baseline/delta1",
+    "run/global_step",
+    "run/train_seconds",
+)
 
 
 def summarize(sweep_dir: str | Path) -> tuple[Path, Path] | None:
@@ -21,7 +28,10 @@ def summarize(sweep_dir: str | Path) -> tuple[Path, Path] | None:
     rows = []
     for path in sorted(sweep_dir.glob("*/results.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         r = json.loads(path.read_text())
-        row: dict[str, Any] = {"job": path.parent.name, "overrides": " ".join(r.get("run", {}).get("overrides", []))}
+        row: dict[str, Any] = {
+            "job": path.parent.name,
+            "overrides": " ".join(r.get("run", {}).get("overrides", [])),
+        }
         for col in COLUMNS:
             section, key = col.split("/")
             row[col] = r.get(section, {}).get(key, "")

@@ -1,0 +1,108 @@
+"""Every experiment config composes and instantiates (data module, model, trainer) with the real targets."""
+
+import warnings
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+import ppd_lightning.training.resolvers  # noqa: F401
+from ppd_lightning.training.module import PPDLightningModule
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} as in a real run
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def vitl_like_encoder(tmp_path_factory):
+    """A depth_anything_v2-format file with ViT-L's width (1024) but one block: cheap, real format."""
+    from ppd_lightning.models import SemanticEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = SemanticEncoder(embed_dim=1024, depth=1, num_heads=16, img_size=56)
+    path = tmp_path_factory.mktemp("weights") / "depth_anything_v2_vitl.pth"
+    torch.save({f"pretrained.{k}": v for k, v in enc.vit.state_dict().items()}, path)
+    return path
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment, vitl_like_encoder, tmp_path):
+    cfg = _compose([f"experiment={experiment}", f"paths.data_dir={tmp_path}"])
+    OmegaConf.resolve(cfg.model)
+    if experiment in ("pretrain_512", "finetune_1024", "cascade_dit"):
+        # the paper's settings, as composed
+        assert (
+            cfg.model.dit.hidden_size == 1024 and cfg.model.dit.depth == 24 and cfg.model.dit.num_heads == 16
+        )
+        assert cfg.model.dit.semantic_dim == 1024 and cfg.model.dit.variant == "cascade"
+        assert cfg.model.optimizer.lr == 1e-4 and cfg.model.optimizer.weight_decay == 0.0
+        assert OmegaConf.is_missing(cfg.model.encoder, "weights")  # the weights must be given
+        assert cfg.trainer.strategy._target_.endswith("DDPStrategy")
+        stage2 = experiment != "pretrain_512"
+        assert cfg.data.train_size == ([768, 1024] if stage2 else [512, 512])
+        assert cfg.model.grad_loss_weight == (0.2 if stage2 else 0.0)
+        assert cfg.model.dit.grad_checkpointing == stage2
+        if stage2:
+            assert [s.weight for s in cfg.data.train_sources] == [0.5, 0.15, 0.15, 0.1, 0.1]
+        with open_dict(cfg):  # instantiate at a small width with a real-format encoder file
+            cfg.model.encoder.weights = str(vitl_like_encoder)
+            cfg.model.dit.update(hidden_size=64, depth=2, num_heads=2)
+            cfg.trainer.update(accelerator="cpu", devices=1, precision="32-true")
+    if experiment == "ablation":
+        assert cfg.hydra.sweeper.params.model == "vanilla_dit,sp_dit,cascade_dit"
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("generate", None), data.pop("render_size", None)
+    datamodule = hydra.utils.instantiate(data)
+    assert datamodule.batch_size >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = hydra.utils.instantiate(cfg.model)
+    assert isinstance(model, PPDLightningModule)
+    assert model.dit.variant == cfg.model.dit.variant
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize(
+    "group, options",
+    [
+        ("model", ["cascade_dit", "sp_dit", "vanilla_dit"]),
+        ("model_size", ["tiny", "small", "base", "large"]),
+        ("trainer", ["cpu", "gpu", "ddp", "ddp_sim", "fsdp"]),
+        ("logger", ["csv", "wandb", "none"]),
+        ("callbacks", ["default", "none"]),
+        ("debug", ["fdr", "overfit", "limit"]),
+        ("data", ["synthetic", "hypersim_512", "mix_1024"]),
+        ("encoder", ["random_tiny", "vits", "vitb", "vitl", "vitg"]),
+    ],
+)
+def test_every_group_option_composes(group, options, tmp_path):
+    for option in options:
+        cfg = _compose([f"{group}={option}", f"paths.data_dir={tmp_path}"])
+        assert cfg[group] is not None if group in cfg else True
+        if group == "model_size":
+            assert cfg.model.dit.hidden_size % cfg.model.dit.num_heads == 0
+        if group == "encoder" and option != "random_tiny":
+            width = {"vits": 384, "vitb": 768, "vitl": 1024, "vitg": 1536}[option]
+            assert cfg.model.dit.semantic_dim == width
+
+
+def test_model_sizes_match_the_released_model():
+    from ppd_lightning.models import CascadeSPDiT
+
+    cfg = _compose(["model_size=large", "encoder=vitl"])
+    with torch.device("meta"):
+        dit = CascadeSPDiT(**{k: v for k, v in OmegaConf.to_container(cfg.model.dit).items()})
+    assert sum(p.numel() for p in dit.parameters()) == 499_842_112
