@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import randomize, tiny_dit
+from model_helpers import randomize, tiny_dit
 
 from ppd_lightning.models.dit import Rope2D
 

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import randomize, tiny_dit, tiny_encoder
+from model_helpers import randomize, tiny_dit, tiny_encoder
 from safetensors.torch import save_file
 
 from ppd_lightning.models import PixelPerfectDepth

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from conftest import reference_dir
+from model_helpers import reference_dir
 from safetensors.torch import load_file, save_file
 
 from ppd_lightning.flow import official_timesteps

@@ -2,7 +2,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import randomize, tiny_dit, tiny_encoder
+from model_helpers import randomize, tiny_dit, tiny_encoder
 
 from ppd_lightning.models import PixelPerfectDepth, SemanticEncoder
 from ppd_lightning.models.ppd import fit_to_area
