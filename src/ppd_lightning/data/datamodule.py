@@ -32,20 +32,9 @@ import lightning as L
 import torch
 import webdataset as wds
 
-from .stream import DepthShardStream, NoReadableSamplesError, collate, parse_sources
+from .stream import DepthShardStream, NoReadableSamplesError, _check_local_shards, collate, parse_sources
 
 __all__ = ["DepthShardDataModule", "DepthShardStream", "NoReadableSamplesError", "collate", "parse_sources"]
-
-
-def _check_local_shards(sources: list[dict[str, Any]]) -> None:
-    for src in sources:
-        local = [u for u in src["urls"] if "://" not in u and not u.startswith("pipe:")]
-        missing = [u for u in local if not os.path.isfile(u)]
-        if missing:
-            raise FileNotFoundError(
-                f"source {src['name']!r}: {len(missing)} of {len(src['urls'])} shards do not exist, "
-                f"e.g. {missing[0]} (make them with `python -m ppd_lightning.data.make_shards ...`)"
-            )
 
 
 class _EpochLoader(wds.WebLoader):
