@@ -212,3 +212,23 @@ def test_random_encoder_needs_explicit_permission():
 
     with pytest.raises(ValueError, match="model.encoder.weights is not set"):
         build_semantic_encoder(size="vits")
+
+
+def test_init_dit_from_our_checkpoint_an_export_and_a_mismatch(tmp_path):
+    from ppd_lightning.official import CheckpointError
+    from ppd_lightning.training.run import init_dit_weights
+
+    src = make_module()
+    trainer = fit(src, [toy_batch(seed=i) for i in range(2)])
+    ckpt = tmp_path / "src.ckpt"
+    trainer.save_checkpoint(ckpt)
+    exported = export_dit(ckpt, tmp_path / "dit.safetensors")
+    for source in (ckpt, exported):  # our checkpoint (its EMA weights) and the released key format
+        dst = make_module()
+        init_dit_weights(dst, str(source))
+        for k, v in src.ema_dit.state_dict().items():
+            torch.testing.assert_close(dst.dit.state_dict()[k], v)
+            torch.testing.assert_close(dst.ema_dit.state_dict()[k], v)
+    wrong = make_module(dit=dict(DIT, hidden_size=64))
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        init_dit_weights(wrong, str(exported))

@@ -68,6 +68,16 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(tmp_path, data_d
         assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6), step
 
 
+def test_wandb_logger_works_offline(tmp_path, data_dir):
+    run = tmp_path / "wb"
+    train(
+        [f"hydra.run.dir={run}", "logger=wandb", "trainer.max_epochs=1", "callbacks=none"], tmp_path, data_dir
+    )
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (run / "results.json").is_file()
+
+
 def test_bad_checkpoint_path_is_one_clear_error(tmp_path, data_dir):
     proc = train(
         [f"hydra.run.dir={tmp_path / 'r'}", "ckpt_path=/nonexistent/x.ckpt"], tmp_path, data_dir, check=False
