@@ -132,3 +132,40 @@ def test_shape_and_dtype_errors():
         align_least_squares(x, torch.rand(1, 4, 5), torch.ones(1, 4, 5, dtype=torch.bool))
     with pytest.raises(TypeError):
         align_log_ransac(x, x, torch.ones(1, 4, 4))
+
+
+def test_log_ransac_sparse_ground_truth_keeps_searching():
+    """Sparse ground truth (KITTI-like: fewer valid pixels than the scoring budget, more pixels
+    than it): the inlier ratio must be counted on the valid pixels actually scored. Counted
+    against the wrong total it exceeds 1 and the stopping rule ends every image after the first
+    chunk of 8 trials, whatever scikit-learn's rule asks for."""
+    g = torch.Generator().manual_seed(11)
+    b, h, w = 64, 64, 64
+    gt = torch.rand(b, h, w, generator=g) * 9 + 0.5
+    mask = torch.rand(b, h, w, generator=g) < 0.1  # ~410 valid of 4,096 pixels, budget 1,000
+    clean = (torch.log1p(gt) - 0.3) / 1.7
+    # 40 % gross outliers: a clean pair has probability 0.36, the rule asks for 11 trials
+    outl = torch.rand(b, h, w, generator=g) < 0.4
+    pred = torch.where(outl, clean + torch.rand(b, h, w, generator=g) * 3 + 1, clean)
+
+    def fit(max_trials):  # identical draws for the first 8 trials in both calls
+        kw = dict(max_score_points=1000, generator=torch.Generator().manual_seed(0))
+        return fit_log_ransac(pred, gt, mask, max_trials=max_trials, **kw)[0]
+
+    a8, a_full = fit(8), fit(1000)
+    assert (a8 != a_full).any(), "the search stopped after the first 8 trials for every image"
+    # clean images still stop at once: the same 8 trials, the same answer
+    clean_fit = fit_log_ransac(clean, gt, mask, max_score_points=1000, max_trials=8,
+                               generator=torch.Generator().manual_seed(0))[0]
+    clean_full = fit_log_ransac(clean, gt, mask, max_score_points=1000,
+                                generator=torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(clean_fit, clean_full)
+
+
+def test_log_ransac_half_precision_input_keeps_float32_accuracy():
+    gt, mask, _ = _data()
+    pred = ((torch.log1p(gt) - 0.3) / 1.7).half()
+    out = align_log_ransac(pred, gt, mask, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float16
+    ref = align_log_ransac(pred.float(), gt, mask, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.float(), ref.half().float())

@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from ppd_lightning.evaluation.reduce import sum_f64
+
 __all__ = [
     "align_least_squares",
     "align_log_ransac",
@@ -64,20 +66,19 @@ def _weighted_lstsq(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[
     """
     # float32 element-wise work, float64 accumulation (memory-bound; no float64 copies of the maps)
     wf = w.to(x.dtype)
-    n = w.sum(1).to(torch.float64)
+    n = sum_f64(w)
     safe_n = n.clamp_min(1.0)
-    mx = (x * wf).sum(1, dtype=torch.float64) / safe_n
-    my = (y * wf).sum(1, dtype=torch.float64) / safe_n
+    mx = sum_f64(x * wf) / safe_n
+    my = sum_f64(y * wf) / safe_n
     cx = (x - mx[:, None].to(x.dtype)) * wf
     cy = (y - my[:, None].to(y.dtype)) * wf
-    sxx = (cx * cx).sum(1, dtype=torch.float64)
-    sxy = (cx * cy).sum(1, dtype=torch.float64)
+    sxx = sum_f64(cx * cx)
+    sxy = sum_f64(cx * cy)
     # the centring used float32 means: correct for the (tiny) residual offsets
-    ex = (cx.sum(1, dtype=torch.float64)) / safe_n
-    ey = (cy.sum(1, dtype=torch.float64)) / safe_n
+    ex = sum_f64(cx) / safe_n
+    ey = sum_f64(cy) / safe_n
     sxx = sxx - n * ex * ex
     sxy = sxy - n * ex * ey
-    mx, my = mx, my
     degenerate = sxx <= 1e-12 * n.clamp_min(1.0) * (mx * mx + 1.0)
     a = torch.where(degenerate, torch.zeros_like(sxx), sxy / torch.where(degenerate, 1.0, sxx))
     b = my - a * mx
@@ -116,20 +117,33 @@ def align_least_squares(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor
 def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-row median of ``x`` (B, N) over ``mask`` (B, N), NaN for empty rows.
 
-    Matches ``np.median``: the mean of the two middle values when the count is even.
+    Matches ``np.median``: the mean of the two middle values when the count is even. One
+    selection (``nanmedian`` gives the lower middle value) plus two linear passes for the upper one.
     """
-    nan = torch.full_like(x, float("nan"))
-    xv = torch.where(mask, x, nan)
+    xv = torch.where(mask, x, torch.full_like(x, float("nan")))
     lower = torch.nanmedian(xv, dim=1).values
-    upper = -torch.nanmedian(-xv, dim=1).values
+    n = mask.sum(1)
+    # the upper middle value is the lower one unless fewer than n//2 + 1 values are <= it
+    at_most = (xv <= lower[:, None]).sum(1)  # NaN compares false
+    above = torch.where(mask & (x > lower[:, None]), x, torch.full_like(x, float("inf"))).amin(1)
+    upper = torch.where(at_most < n // 2 + 1, above, lower)
     return 0.5 * (lower + upper)
 
 
-def _sample_valid(cum: torch.Tensor, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Flat indices of the ``k``-th valid entries (0-based) given the per-row cumulative count."""
-    # first position where the running count of valid pixels reaches k + 1
-    idx = torch.searchsorted(cum, (k + 1).to(cum.dtype))
-    return idx.clamp_max(cum.shape[1] - 1)
+def _compact_valid(m: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Pack each row's valid entries to the front: (B, N) -> (B, max count), order kept.
+
+    One scatter per tensor, O(N): the positions are the running count of valid entries. Entries
+    past a row's count are zero; callers track the counts.
+    """
+    n_max = int(m.sum(1).max().item()) if m.numel() else 0
+    pos = torch.where(m, m.cumsum(1) - 1, torch.full_like(m, n_max, dtype=torch.long))
+    out = []
+    for r in rows:
+        packed = torch.zeros(r.shape[0], n_max + 1, dtype=r.dtype, device=r.device)
+        packed.scatter_(1, pos, r)  # invalid entries all land in the spare last column
+        out.append(packed[:, :n_max])
+    return tuple(out)
 
 
 def _randint_below(n: torch.Tensor, shape: tuple[int, ...], generator, device) -> torch.Tensor:
@@ -155,40 +169,44 @@ def fit_log_ransac(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RANSAC fit of ``log(gt + 1) ~= a * pred + b`` per image; returns ``(a, b)`` as float64 (B,).
 
-    Trials run in chunks of ``chunk_trials`` for all images at once; after each chunk, images whose
-    best inlier ratio ``w`` satisfies scikit-learn's stopping rule
+    Each image's valid pixels are first packed to the front of a row, so trials draw from them
+    directly. Trials run in chunks of up to ``chunk_trials`` for all images at once; after each
+    chunk, images whose best inlier ratio ``w`` satisfies scikit-learn's stopping rule
     ``trials >= log(1 - stop_probability) / log(1 - w^2)`` stop, and the loop ends when all have
-    stopped or ``max_trials`` is reached. Inliers are counted on at most ``max_score_points``
-    valid pixels per image drawn at random (``None``: all valid pixels); the final inlier set of
-    the winning model and the least-squares refit always use all valid pixels. With ``a <= 0``
-    (or no usable fit) the fallback of the ppd evaluation applies (see :func:`align_log_ransac`).
+    stopped or ``max_trials`` is reached. Inliers are counted on all valid pixels of an image with
+    at most ``max_score_points`` of them, otherwise on ``max_score_points`` of them drawn at random
+    (``None``: always all); the final inlier set of the winning model and the least-squares refit
+    always use all valid pixels. With ``a <= 0`` (or no usable fit) the fallback of the ppd
+    evaluation applies (see :func:`align_log_ransac`).
     """
     _check(pred, gt, mask)
     x = _flatten(pred).to(torch.float32)
-    m = _flatten(mask)
     y = torch.log1p(_flatten(gt).to(torch.float32).clamp_min(0.0))
-    m = m & torch.isfinite(x) & torch.isfinite(y)
-    y = torch.where(m, y, torch.zeros_like(y))
-    x = torch.where(m, x, torch.zeros_like(x))
-    bsz, npix = x.shape
+    m = _flatten(mask) & torch.isfinite(x) & torch.isfinite(y)
+    bsz = x.shape[0]
     device = x.device
     n = m.sum(1)
+    # valid pixels packed per row: (B, n_max); column j < n_b holds row b's j-th valid pixel
+    xc, yc = _compact_valid(m, x, y)
+    n_max = xc.shape[1]
+    valid_c = torch.arange(n_max, device=device)[None, :] < n[:, None]
 
     # residual threshold: MAD of the targets (scikit-learn's default)
-    med = masked_median(y, m)
-    thr = masked_median((y - med[:, None]).abs(), m)
+    med = masked_median(yc, valid_c)
+    thr = masked_median((yc - med[:, None]).abs(), valid_c)
     thr = torch.nan_to_num(thr, nan=0.0)
 
-    # the points on which inliers are counted
-    cum = m.cumsum(1)
-    if max_score_points is not None and max_score_points < npix:
-        s_idx = _sample_valid(cum, n, _randint_below(n, (max_score_points,), generator, device))
-        xs, ys, ms = x.gather(1, s_idx), y.gather(1, s_idx), m.gather(1, s_idx)
-        # rows with fewer valid pixels than the budget: count on all of them instead
-        use_all = n <= max_score_points
+    # the points on which inliers are counted: all valid pixels where there are few enough
+    if max_score_points is None or n_max <= max_score_points:
+        xs, ys, ms = xc, yc, valid_c
     else:
-        xs, ys, ms = x, y, m
-        use_all = None
+        budget = max_score_points
+        s_idx = _randint_below(n, (budget,), generator, device)
+        few = (n <= budget)[:, None]
+        xs = torch.where(few, xc[:, :budget], xc.gather(1, s_idx))
+        ys = torch.where(few, yc[:, :budget], yc.gather(1, s_idx))
+        ms = torch.where(few, valid_c[:, :budget], (n > 0)[:, None].expand(bsz, budget))
+    n_score = ms.sum(1).clamp_min(1).to(torch.float64)
 
     best_cnt = torch.full((bsz,), -1, dtype=torch.long, device=device)
     best_a = torch.zeros(bsz, dtype=torch.float32, device=device)
@@ -204,11 +222,10 @@ def fit_log_ransac(
         t = min(step, max_trials - trials_done)
         step = min(2 * step, chunk)
         # two distinct valid pixels per trial
-        k1 = _randint_below(n, (t,), generator, device)
-        k2 = _randint_below((n - 1).clamp_min(1), (t,), generator, device)
-        k2 = k2 + (k2 >= k1).long()
-        i1, i2 = _sample_valid(cum, n, k1), _sample_valid(cum, n, k2)
-        x1, x2, y1, y2 = x.gather(1, i1), x.gather(1, i2), y.gather(1, i1), y.gather(1, i2)
+        i1 = _randint_below(n, (t,), generator, device)
+        i2 = _randint_below((n - 1).clamp_min(1), (t,), generator, device)
+        i2 = i2 + (i2 >= i1).long()
+        x1, x2, y1, y2 = xc.gather(1, i1), xc.gather(1, i2), yc.gather(1, i1), yc.gather(1, i2)
         dx = x2 - x1
         ok = dx.abs() > 0
         a = torch.where(ok, (y2 - y1) / torch.where(ok, dx, torch.ones_like(dx)), torch.zeros_like(dx))
@@ -221,8 +238,8 @@ def fit_log_ransac(
         inl_f = inl.to(res.dtype)
         cnt = inl.sum(2)
         ss_res = (res * res * inl_f).sum(2)
-        yc = ys[:, None, :] - (ys[:, None, :] * inl_f).sum(2, keepdim=True) / cnt.clamp_min(1)[..., None]
-        ss_tot = (yc * yc * inl_f).sum(2)
+        ym = ys[:, None, :] - (ys[:, None, :] * inl_f).sum(2, keepdim=True) / cnt.clamp_min(1)[..., None]
+        ss_tot = (ym * ym * inl_f).sum(2)
         score = torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-30), torch.zeros_like(ss_tot))
         cnt = torch.where(ok, cnt, torch.full_like(cnt, -1))
         c_best = cnt.max(1).values
@@ -234,9 +251,8 @@ def fit_log_ransac(
         best_a = torch.where(better, a.gather(1, j[:, None]).squeeze(1), best_a)
         best_b = torch.where(better, b.gather(1, j[:, None]).squeeze(1), best_b)
         trials_done += t
-        # dynamic stopping (scikit-learn's _dynamic_max_trials)
-        denom_pts = ms.sum(1) if use_all is None else torch.where(use_all, n, ms.sum(1))
-        w = best_cnt.clamp_min(0).to(torch.float64) / denom_pts.clamp_min(1).to(torch.float64)
+        # dynamic stopping (scikit-learn's _dynamic_max_trials), w = inlier ratio of the best
+        w = best_cnt.clamp_min(0).to(torch.float64) / n_score
         p_no_outlier = 1.0 - w**2
         need = torch.where(
             p_no_outlier <= 0,
@@ -250,17 +266,17 @@ def fit_log_ransac(
         done = done | (trials_done >= need)
 
     # final inliers of the winner on all valid pixels, then the least-squares refit
-    res = (y - (best_a[:, None] * x + best_b[:, None])).abs()
-    inl = (res <= thr[:, None]) & m & (best_cnt[:, None] >= 0)
-    a_fit, b_fit = _weighted_lstsq(x, y, inl)
+    res = (yc - (best_a[:, None] * xc + best_b[:, None])).abs()
+    inl = (res <= thr[:, None]) & valid_c & (best_cnt[:, None] >= 0)
+    a_fit, b_fit = _weighted_lstsq(xc, yc, inl)
     usable = inl.sum(1) >= 1
     # no usable fit: the reference's `except` branch, a = 1, b = 0
     a_fit = torch.where(usable, a_fit, torch.ones_like(a_fit))
     b_fit = torch.where(usable, b_fit, torch.zeros_like(b_fit))
     # fallback for a non-positive slope: ratio of means in log space
     safe_n = n.clamp_min(1).to(torch.float64)
-    mean_x = (x * m).sum(1, dtype=torch.float64) / safe_n
-    mean_y = (y * m).sum(1, dtype=torch.float64) / safe_n
+    mean_x = sum_f64(xc * valid_c) / safe_n
+    mean_y = sum_f64(yc * valid_c) / safe_n
     ratio = torch.where(mean_x != 0, mean_y / torch.where(mean_x != 0, mean_x, 1.0), torch.ones_like(mean_x))
     pos = a_fit > 0
     a_out = torch.where(pos, a_fit, ratio)
@@ -294,12 +310,14 @@ def align_log_ransac(
         max_score_points=max_score_points,
     )
     view = (-1,) + (1,) * (pred.dim() - 1)
-    p = pred if pred.is_floating_point() else pred.float()
-    out = torch.expm1(p * a.view(view).to(p.dtype) + b.view(view).to(p.dtype)).to(torch.float64)
+    # float32 at least: expm1 in half precision would lose the depth's low bits
+    p = pred if pred.dtype in (torch.float32, torch.float64) else pred.float()
+    out = torch.expm1(p * a.view(view).to(p.dtype) + b.view(view).to(p.dtype))
     g = _flatten(gt)
     mf = _flatten(mask) & torch.isfinite(g)
     gmax = torch.where(mf, g, torch.full_like(g, -math.inf)).amax(1).to(torch.float64)
     gmax = torch.where(torch.isfinite(gmax), gmax, torch.full_like(gmax, math.inf))
     gmax = torch.maximum(gmax, torch.full_like(gmax, min_depth))
-    out = torch.minimum(out.clamp_min(min_depth), gmax.view(view))
+    lo = torch.full_like(gmax, min_depth).view(view).to(out.dtype)
+    out = torch.clamp(out, min=lo, max=gmax.view(view).to(out.dtype))
     return out.to(pred.dtype if pred.is_floating_point() else torch.float32)

@@ -29,6 +29,8 @@ import math
 import torch
 from torchmetrics import Metric
 
+from ppd_lightning.evaluation.reduce import sum_f64
+
 __all__ = ["METRIC_NAMES", "DepthMetrics", "depth_metrics_per_image"]
 
 METRIC_NAMES: tuple[str, ...] = (
@@ -76,35 +78,36 @@ def depth_metrics_per_image(
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be bool, got {mask.dtype}")
     m = mask & torch.isfinite(gt) & (gt > 0) & torch.isfinite(pred)
-    # float32 element-wise, float64 sums
+    # float32 element-wise, float64 sums. Invalid pixels get p = d = 1, so every error term is
+    # exactly 0 there and only the delta counts need the mask.
     dt = torch.float32 if pred.dtype in (torch.float16, torch.bfloat16, torch.float32) else pred.dtype
-    w = m.to(dt)
-    n = m.sum((1, 2)).to(torch.float64)
+    n = sum_f64(m)
     safe_n = n.clamp_min(1.0)
     one = torch.ones((), dtype=dt, device=pred.device)
     p = torch.where(m, pred.to(dt).clamp_min(_MIN_PRED), one)
     d = torch.where(m, gt.to(dt), one)
 
     def mean(v: torch.Tensor) -> torch.Tensor:
-        return (v * w).sum((1, 2), dtype=torch.float64) / safe_n
+        return sum_f64(v) / safe_n
 
     diff = p - d
     sq = diff * diff
-    e = torch.log(p) - torch.log(d)
-    ratio = torch.maximum(p / d, d / p)
+    inv_d = 1.0 / d
+    e = torch.log(p / d)
+    ratio = torch.maximum(p * inv_d, d / p)
     mean_e = mean(e)
     mean_e2 = mean(e * e)
     out = {
-        "abs_rel": mean(diff.abs() / d),
-        "sq_rel": mean(sq / d),
+        "abs_rel": mean(diff.abs() * inv_d),
+        "sq_rel": mean(sq * inv_d),
         "rmse": mean(sq).sqrt(),
         "rmse_log": mean_e2.sqrt(),
         "log10": mean(e.abs()) / math.log(10.0),
         "silog": (mean_e2 - mean_e**2).clamp_min(0.0).sqrt() * 100.0,
-        "delta05": mean((ratio < 1.25**0.5).to(dt)),
-        "delta1": mean((ratio < 1.25).to(dt)),
-        "delta2": mean((ratio < 1.25**2).to(dt)),
-        "delta3": mean((ratio < 1.25**3).to(dt)),
+        "delta05": mean((ratio < 1.25**0.5) & m),
+        "delta1": mean((ratio < 1.25) & m),
+        "delta2": mean((ratio < 1.25**2) & m),
+        "delta3": mean((ratio < 1.25**3) & m),
     }
     empty = n == 0
     nan = torch.full_like(n, float("nan"))
