@@ -155,10 +155,12 @@ def test_log_ransac_sparse_ground_truth_keeps_searching():
     a8, a_full = fit(8), fit(1000)
     assert (a8 != a_full).any(), "the search stopped after the first 8 trials for every image"
     # clean images still stop at once: the same 8 trials, the same answer
-    clean_fit = fit_log_ransac(clean, gt, mask, max_score_points=1000, max_trials=8,
-                               generator=torch.Generator().manual_seed(0))[0]
-    clean_full = fit_log_ransac(clean, gt, mask, max_score_points=1000,
-                                generator=torch.Generator().manual_seed(0))[0]
+    clean_fit = fit_log_ransac(
+        clean, gt, mask, max_score_points=1000, max_trials=8, generator=torch.Generator().manual_seed(0)
+    )[0]
+    clean_full = fit_log_ransac(
+        clean, gt, mask, max_score_points=1000, generator=torch.Generator().manual_seed(0)
+    )[0]
     torch.testing.assert_close(clean_fit, clean_full)
 
 
