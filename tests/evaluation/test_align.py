@@ -171,3 +171,27 @@ def test_log_ransac_half_precision_input_keeps_float32_accuracy():
     assert out.dtype == torch.float16
     ref = align_log_ransac(pred.float(), gt, mask, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.float(), ref.half().float())
+
+
+def test_least_squares_max_resolution_fits_on_nearest_downsampled_maps():
+    g = torch.Generator().manual_seed(21)
+    h, w = 60, 90
+    gt = torch.rand(2, h, w, generator=g) * 5 + 1
+    mask = torch.rand(2, h, w, generator=g) > 0.2
+    pred = gt * 0.5 + 0.3 + 0.3 * torch.randn(2, h, w, generator=g)  # noisy: the fit depends on the pixels
+    out = align_least_squares(pred, gt, mask, max_resolution=30)
+    # expected: Marigold's recipe, by hand: factor min(30/60, 30/90) = 1/3, nearest source index
+    # floor(i / factor), least squares on those pixels, applied to the full-size prediction
+    factor = min(30 / h, 30 / w)
+    rows = torch.floor(torch.arange(int(h * factor)) / factor).long()
+    cols = torch.floor(torch.arange(int(w * factor)) / factor).long()
+    for i in range(2):
+        sub = (rows[:, None], cols[None, :])
+        p_s, g_s, m_s = pred[i][sub], gt[i][sub], mask[i][sub]
+        a = np.stack([p_s[m_s].double().numpy(), np.ones(int(m_s.sum()))], 1)
+        (s, t), *_ = np.linalg.lstsq(a, g_s[m_s].double().numpy(), rcond=None)
+        torch.testing.assert_close(out[i], (pred[i] * s + t).float(), rtol=1e-5, atol=1e-5)
+    # the full-resolution fit is different on this noisy data, and small maps are untouched
+    full = align_least_squares(pred, gt, mask)
+    assert (full - out).abs().max() > 1e-3
+    torch.testing.assert_close(align_least_squares(pred, gt, mask, max_resolution=90), full)

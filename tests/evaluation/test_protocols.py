@@ -99,3 +99,19 @@ def test_unknown_names():
     with pytest.raises(ValueError, match="unknown protocol"):
         get_protocol("nope")
     assert math.isinf(PROTOCOLS["marigold"].spec("eth3d").max_depth)
+
+
+def test_marigold_eth3d_fits_scale_and_shift_at_most_1024_px():
+    assert PROTOCOLS["marigold"].spec("eth3d").alignment_max_res == 1024
+    assert PROTOCOLS["marigold"].spec("nyuv2").alignment_max_res is None
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(1, 1100, 40, generator=g) * 4 + 1  # taller than 1024: fitted on a subsample
+    mask = torch.ones_like(gt, dtype=torch.bool)
+    pred = gt * 2 + 0.1 * torch.randn(gt.shape, generator=g)
+    proto = get_protocol("marigold")
+    got = proto.align(pred, gt, mask, "eth3d")
+    full = get_protocol("marigold", overrides={"eth3d": {"alignment_max_res": None}}).align(
+        pred, gt, mask, "eth3d"
+    )
+    assert not torch.equal(got, full)
+    torch.testing.assert_close(got, full, rtol=2e-2, atol=2e-2)  # a subsample of the same data

@@ -100,13 +100,29 @@ def fit_least_squares(
     return _weighted_lstsq(x, y.to(x.dtype), _flatten(mask))
 
 
-def align_least_squares(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def align_least_squares(
+    pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, max_resolution: int | None = None
+) -> torch.Tensor:
     """Scale-and-shift ``pred`` onto ``gt`` in depth space (marigold protocol); no clipping.
 
-    Images without a valid pixel are returned unchanged.
+    ``max_resolution``: fit the scale and shift on maps brought down (nearest, by the factor
+    ``min(max_resolution / H, max_resolution / W)``, as Marigold's ``alignment_max_res``) when the
+    maps are larger, then apply them at full resolution. Images without a valid pixel are returned
+    unchanged.
     """
-    scale, shift = fit_least_squares(pred, gt, mask)
-    has = _flatten(mask).any(1)
+    _check(pred, gt, mask)
+    fp, fg, fm = pred, gt, mask
+    h, w = pred.shape[-2:]
+    factor = None if max_resolution is None else min(max_resolution / h, max_resolution / w)
+    if factor is not None and factor < 1:
+
+        def down(x: torch.Tensor) -> torch.Tensor:
+            x4 = x.reshape(-1, 1, h, w).to(torch.float32 if x.dtype == torch.bool else x.dtype)
+            return torch.nn.functional.interpolate(x4, scale_factor=factor, mode="nearest")[:, 0]
+
+        fp, fg, fm = down(pred), down(gt), down(mask) > 0
+    scale, shift = fit_least_squares(fp, fg, fm)
+    has = _flatten(fm).any(1)
     scale = torch.where(has, scale, torch.ones_like(scale))
     shift = torch.where(has, shift, torch.zeros_like(shift))
     view = (-1,) + (1,) * (pred.dim() - 1)

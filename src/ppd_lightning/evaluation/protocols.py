@@ -15,8 +15,8 @@ nyuv2      (1e-3, 10), Eigen crop mask [45:471, 41:601]   (0.1, 10), no crop
 kitti      352x1216 bottom-centred crop, (1e-5, 80),      same crop and Eigen mask, (0.1, 80)
            Eigen mask rows [0.3324324 H, 0.91351351 H),
            cols [0.0359477 W, 0.96405229 W)
-eth3d      (1e-5, inf)                                    image/gt resized to 2048x1360 (area /
-                                                          nearest) first, > 0.01
+eth3d      (1e-5, inf); scale/shift fitted on the maps    image/gt resized to 2048x1360 (area /
+           brought down (nearest) to <= 1024 px a side    nearest) first, > 0.01
 scannet    (1e-3, 10)                                     (0.01, 10)
 diode      its mask, (1e-3, 350)                          mask, (0.6, 350), Sobel |dx|+|dy| of the
                                                           depth > 0.3 excluded
@@ -50,6 +50,9 @@ class BenchmarkSpec:
     eigen_mask: str | None = None  # "nyu" or "kitti"
     resize: tuple[int, int] | None = None  # (W, H): image INTER_AREA, gt INTER_NEAREST, before all else
     grad_threshold: float | None = None  # exclude Sobel |dx| + |dy| of the depth above this
+    # least squares: fit on maps brought down (nearest) to at most this side, apply at full size
+    # (Marigold's --alignment_max_res, 1024 for ETH3D)
+    alignment_max_res: int | None = None
 
 
 @dataclass
@@ -188,7 +191,7 @@ class Protocol:
         """Align a batch (B,H,W) of predictions to metric depth and apply the protocol's clipping."""
         if self.alignment == "least_squares":
             spec = self.spec(benchmark)
-            out = align_least_squares(pred, gt, mask)
+            out = align_least_squares(pred, gt, mask, max_resolution=spec.alignment_max_res)
             out = out.clamp(min=spec.min_depth, max=spec.max_depth)
             return out.clamp_min(self.clip_min)
         if self.alignment == "log_ransac":
@@ -210,7 +213,7 @@ PROTOCOLS: dict[str, Protocol] = {
         specs={
             "nyuv2": BenchmarkSpec(1e-3, 10.0, eigen_mask="nyu"),
             "kitti": BenchmarkSpec(1e-5, 80.0, **_KITTI),
-            "eth3d": BenchmarkSpec(1e-5, math.inf),
+            "eth3d": BenchmarkSpec(1e-5, math.inf, alignment_max_res=1024),
             "scannet": BenchmarkSpec(1e-3, 10.0),
             "diode": BenchmarkSpec(1e-3, 350.0),
             "hypersim": BenchmarkSpec(1e-3, 65.0),
