@@ -106,3 +106,31 @@ def test_model_sizes_match_the_released_model():
     with torch.device("meta"):
         dit = CascadeSPDiT(**{k: v for k, v in OmegaConf.to_container(cfg.model.dit).items()})
     assert sum(p.numel() for p in dit.parameters()) == 499_842_112
+
+
+def test_slurm_launcher_composes_against_the_plugin_schema(tmp_path):
+    """`python train.py -m launcher=slurm ...` (README): the launcher group is in the defaults list
+    and every key we set exists in hydra-submitit-launcher's SlurmQueueConf (an unknown key fails
+    to compose); nodes, GPUs and tasks follow the trainer."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = _compose(
+        [
+            "launcher=slurm",
+            "experiment=cascade_dit",
+            "trainer.devices=8",
+            "trainer.num_nodes=4",
+            "hydra.launcher.partition=gpu",
+            f"paths.data_dir={tmp_path}",
+        ]
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (4, 8, 8)
+    assert launcher.partition == "gpu" and launcher.timeout_min > 0
+    # one SLURM task per GPU is what Lightning's SLURM environment expects
+    assert cfg.trainer.devices * cfg.trainer.num_nodes == launcher.nodes * launcher.tasks_per_node
+    # the node is the plugin's typed, struct SlurmQueueConf: a key it lacks is rejected
+    assert type(launcher._metadata.object_type).__name__ == "type"
+    assert launcher._metadata.object_type.__name__ == "SlurmQueueConf"
+    with pytest.raises(Exception, match="not_a_slurm_key"):
+        _compose(["launcher=slurm", "hydra.launcher.not_a_slurm_key=1", f"paths.data_dir={tmp_path}"])
