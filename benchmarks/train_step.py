@@ -131,6 +131,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
+    ap.add_argument("--compile", action="store_true", help="also time each size with dit.compile()")
     args = ap.parse_args()
     device = torch.device(args.device)
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
@@ -162,6 +163,17 @@ def main():
             f"encoder {enc_sec / sec:4.1%} of step time ({enc_flops / flops:4.1%} of FLOPs); "
             f"{mem_label} {mem:.0f} MiB"
         )
+        if args.compile:
+            dit.compile()  # in place, as train.py's compile=true
+            t0 = time.perf_counter()
+            step()  # compiles forward and backward
+            sync(device)
+            compile_sec = time.perf_counter() - t0
+            csec = timed(step, device, args.repeats)
+            print(
+                f"{'':16s} compiled: step {csec * 1e3:7.1f} ms ({sec / csec:.2f}x), "
+                f"{flops / csec / peak:5.1%} of peak; compilation {compile_sec:.0f} s"
+            )
     dit_flops, enc_flops = released_estimate()
     total = dit_flops + enc_flops
     print(

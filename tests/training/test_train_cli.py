@@ -128,6 +128,22 @@ def test_ablation_multirun_writes_one_summary(tmp_path, data_dir):
 
 
 @pytest.mark.slow
+def test_compile_trains_and_keeps_checkpoint_names(tmp_path, data_dir):
+    """compile=true (minutes of compilation on a CPU, hence slow): same steps, finite losses, and a
+    checkpoint whose names are those of an uncompiled run (no `_orig_mod.`), loadable as usual."""
+    from ppd_lightning.training.checkpoint import load_model_from_checkpoint
+
+    run = tmp_path / "compiled"
+    train([f"hydra.run.dir={run}", "compile=true"], tmp_path, data_dir, timeout=900)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6
+    assert not any("_orig_mod" in k for k in ckpt["state_dict"])
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(run).values())
+    model = load_model_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert sum(p.numel() for p in model.dit.parameters()) > 0
+
+
+@pytest.mark.slow
 def test_default_demo_beats_the_mean_depth_baseline(tmp_path):
     """`python train.py` as in the README (about 10 minutes on 2 cores): the proof that target transform,
     loss, sampler and alignment work together."""

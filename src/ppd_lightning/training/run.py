@@ -114,7 +114,8 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("init_dit"):
         init_dit_weights(model, cfg.init_dit)
     if cfg.get("compile"):
-        model.dit = torch.compile(model.dit)
+        # in place (nn.Module.compile): parameter names, checkpoints and EMA stay as without compile
+        model.dit.compile()
 
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
@@ -133,7 +134,9 @@ def train(cfg: DictConfig) -> dict:
     train_seconds = time.time() - started
     if not trainer.interrupted and not cfg.trainer.get("fast_dev_run"):
         # the end state, whatever the step-based checkpoint interval (collective: every rank calls it)
-        trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(
+            output_dir / "checkpoints" / "last.ckpt", weights_only=False
+        )  # full: resumable
 
     results: dict[str, Any] = {}
     if cfg.get("validate_after_fit", True) and datamodule.val_sources_cfg:
