@@ -1,4 +1,4 @@
-"""Zero-shot depth evaluation (see docs/evaluation.md), e.g.
+"""Zero-shot depth evaluation (README, "Evaluation"), e.g.
 
     python evaluate.py protocol=marigold benchmark=nyuv2 benchmark.root=<DIR> \
         predictions=<DIR> hydra.run.dir=<OUT>

@@ -167,5 +167,7 @@ def test_missing_root_and_empty_layout_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         write_shards("vkitti2", tmp_path / "out", root=tmp_path / "nope", progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SourceError, match="no samples found"):
+    with pytest.raises(SourceError, match=r"no samples found under .*empty; expected .*image_left/") as err:
         write_shards("tartanair", tmp_path / "out", root=tmp_path / "empty", progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.tar"))

@@ -187,7 +187,9 @@ def write_shards(
     if limit is not None:
         items = items[:limit]
     if not items:
-        raise SourceError(f"{source}: no samples found under {root_str} (see docs/data.md for the layout)")
+        layout = getattr(mod, "LAYOUT", None)
+        expected = f"; expected {root_str}/{layout}" if layout else ""
+        raise SourceError(f"{source}: no samples found under {root_str}{expected}")
     num_shards = math.ceil(len(items) / samples_per_shard)
     params = {
         "format_version": FORMAT_VERSION,

@@ -20,6 +20,8 @@ from . import SourceError, sanitize_key
 from ._common import read_rgb, rel
 
 NAME = "hypersim"
+# one line for error messages: the files a sample is made of, relative to the root
+LAYOUT = "<scene>/images/scene_<cam>_final_preview/frame.<NNNN>.tonemap.jpg + scene_<cam>_geometry_hdf5/frame.<NNNN>.depth_meters.hdf5"
 FOCAL_1024 = 886.81
 
 

@@ -16,6 +16,8 @@ from . import sanitize_key
 from ._common import SKY_DEPTH, check_same_size, read_npy, read_rgb, rel
 
 NAME = "tartanair"
+# one line for error messages: the files a sample is made of, relative to the root
+LAYOUT = "<env>/<Easy|Hard>/<P###>/image_left/<NNNNNN>_left.png + depth_left/<NNNNNN>_left_depth.npy"
 
 
 def list_items(root: str, **_options) -> list[tuple[str, str]]:

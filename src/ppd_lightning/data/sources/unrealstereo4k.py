@@ -21,6 +21,8 @@ from . import SourceError, sanitize_key
 from ._common import SKY_DEPTH, check_same_size, read_npy, read_rgb, rel
 
 NAME = "unrealstereo4k"
+# one line for error messages: the files a sample is made of, relative to the root
+LAYOUT = "<seq>/Image0/<NNNNN>.png + Disp0/<NNNNN>.npy + Extrinsics0|1/<NNNNN>.txt"
 
 
 def list_items(root: str, **_options) -> list[tuple[str, ...]]:

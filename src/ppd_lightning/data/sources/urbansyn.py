@@ -21,6 +21,8 @@ from . import SourceError, sanitize_key
 from ._common import SKY_DEPTH, check_same_size, read_rgb, rel
 
 NAME = "urbansyn"
+# one line for error messages: the files a sample is made of, relative to the root
+LAYOUT = "rgb/rgb_<NNNN>.png + depth/depth_<NNNN>.exr"
 DEPTH_SCALE = 1e5
 ASSUMED_HFOV_DEG = 90.0
 

@@ -20,6 +20,8 @@ from . import SourceError, sanitize_key
 from ._common import check_same_size, read_png_u16, read_rgb, rel
 
 NAME = "vkitti2"
+# one line for error messages: the files a sample is made of, relative to the root
+LAYOUT = "<Scene>/<variation>/frames/{rgb,depth}/Camera_<c>/{rgb_<NNNNN>.jpg,depth_<NNNNN>.png} + <Scene>/<variation>/intrinsic.txt"
 SKY_CM = 65535
 
 
