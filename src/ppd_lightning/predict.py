@@ -28,10 +28,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
         raise ValueError(f"{path}: not a readable image (expected one of {sorted(IMAGE_SUFFIXES)})")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def relative_to_metric(rel: np.ndarray, near: float, far: float) -> np.ndarray:

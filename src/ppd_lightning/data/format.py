@@ -212,10 +212,10 @@ def decode_sample(members: dict[str, Any]) -> DepthSample:
     if not isinstance(meta, dict) or any(k not in meta for k in REQUIRED_META):
         raise SampleError(f"{key}: meta.json must be an object with fields {list(REQUIRED_META)}")
 
-    bgr = cv2.imdecode(np.frombuffer(members[rgb_name], np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    # Decoded straight to RGB: a reversed-channel view would cost a full copy later in the loader.
+    rgb = cv2.imdecode(np.frombuffer(members[rgb_name], np.uint8), cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
         raise SampleError(f"{key}: {rgb_name} is not a decodable image")
-    rgb = bgr[..., ::-1]
     try:
         depth = np.load(io.BytesIO(members[DEPTH_MEMBER]), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

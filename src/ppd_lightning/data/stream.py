@@ -67,9 +67,10 @@ def _partition(items: list[str], index: int, count: int) -> list[str]:
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack transformed numpy samples into the batch contract (see module docstring)."""
-    image = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
+    # NHWC -> NCHW while still uint8 (a quarter of the bytes), then one conversion to float
+    image = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
     batch = {
-        "image": image.float().div_(255.0).contiguous(),
+        "image": image.float().div_(255.0),
         "depth": torch.from_numpy(np.stack([s["depth"] for s in samples]))[:, None],
         "mask": torch.from_numpy(np.stack([s["mask"] for s in samples]))[:, None],
         "sky": torch.from_numpy(np.stack([s["sky"] for s in samples]))[:, None],

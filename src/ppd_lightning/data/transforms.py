@@ -53,11 +53,13 @@ class CropResize:
             depth = cv2.resize(depth, (tw, th), interpolation=cv2.INTER_NEAREST_EXACT)
             masks = cv2.resize(masks, (tw, th), interpolation=cv2.INTER_NEAREST_EXACT)
         if self.train and self.hflip > 0 and rng.random() < self.hflip:
-            rgb, depth, masks = rgb[:, ::-1], depth[:, ::-1], masks[:, ::-1]
-        mask = (masks & 1).astype(bool)
+            # cv2.flip writes contiguous arrays (a [:, ::-1] view would be copied again downstream)
+            rgb, depth, masks = cv2.flip(rgb, 1), cv2.flip(depth, 1), cv2.flip(masks, 1)
+        # A DepthSample's depth is already 0 wherever its mask is false, and depth and masks went
+        # through the same nearest-neighbour pixel picks, so that still holds here.
         return {
             "image": np.ascontiguousarray(rgb),
-            "depth": np.where(mask, depth, 0.0).astype(np.float32),
-            "mask": mask,
+            "depth": np.ascontiguousarray(depth, dtype=np.float32),
+            "mask": (masks & 1).astype(bool),
             "sky": (masks & 2).astype(bool),
         }

@@ -135,10 +135,10 @@ class Sample:
 
 
 def _decode_rgb(data: bytes, name: str) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     if arr is None:
         raise ValueError(f"cannot decode image {name}")
-    return np.ascontiguousarray(arr[..., ::-1])
+    return arr
 
 
 def _decode_png16(data: bytes, name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -22,10 +22,10 @@ def read_bytes(path: str | Path) -> bytes:
 def read_rgb(path: str | Path) -> tuple[np.ndarray, bytes]:
     """(H, W, 3) uint8 RGB and the file's bytes (for pass-through of JPEGs)."""
     data = read_bytes(path)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
         raise SourceError(f"{path}: not a decodable image")
-    return np.ascontiguousarray(bgr[..., ::-1]), data
+    return rgb, data
 
 
 def read_png_u16(path: str | Path) -> np.ndarray:
