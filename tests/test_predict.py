@@ -89,3 +89,5 @@ def test_predict_errors(tmp_path, released_files):
         )
     with pytest.raises(SystemExit):
         main([str(bad), "--out", str(tmp_path / "o")])  # neither --ckpt nor --dit/--semantics
+    with pytest.raises(SystemExit):
+        main([str(bad), "--out", str(tmp_path / "o"), "--area", "64"])  # a side length, not an area

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ppd_lightning import visualize
+from ppd_lightning import atomic, visualize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ckpt", help="one of our training checkpoints instead of --dit/--semantics")
     ap.add_argument("--no-ema", action="store_true", help="with --ckpt: the raw instead of the EMA weights")
     ap.add_argument("--steps", type=int, default=4, help="Euler steps (default 4)")
-    ap.add_argument("--area", type=int, default=1024 * 768, help="working area in pixels (default 1024*768)")
+    ap.add_argument(
+        "--area",
+        type=int,
+        help="working area in pixels (default: the model's training area; 1024*768 for the released weights)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="initial-noise seed")
     ap.add_argument("--ply", action="store_true", help="also write a coloured .ply point cloud")
     ap.add_argument(
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
+    if args.area is not None and args.area < 256:
+        ap.error(f"--area is a pixel count (e.g. {1024 * 768} for 1024x768), got {args.area}")
     near, far = args.depth_range
     if not 0 <= near < far:
         ap.error(f"--depth-range needs 0 <= NEAR < FAR, got {near} {far}")
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             rel = model.infer(image, steps=args.steps, generator=g, area=args.area)
         rel = rel[0, 0].float().cpu().numpy()
         stem = out / path.stem
-        np.save(f"{stem}_depth.npy", rel)
+        atomic.write_npy(f"{stem}_depth.npy", rel)
         colour = visualize.colorize_depth(rel - rel.min() + 1e-3)
         visualize.write_image(f"{stem}_depth.png", colour)
         visualize.write_image(f"{stem}_panel.png", visualize.side_by_side([rgb, colour], ["image", "depth"]))

@@ -8,13 +8,14 @@ or torch, converted). Writers are atomic: they write a temporary file next to th
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from ppd_lightning import atomic
 
 __all__ = [
     "colorize",
@@ -220,28 +221,13 @@ def depth_panel(
     return side_by_side([img, p_col, g_col, e_col], labels=list(labels))
 
 
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_image(path: str | os.PathLike, image) -> Path:
     """Atomically write an RGB image (format from the suffix, e.g. ``.png``/``.jpg``)."""
     img = _to_uint8_rgb(image)
     ok, buf = cv2.imencode(Path(path).suffix or ".png", img[..., ::-1])
     if not ok:
         raise OSError(f"could not encode image for {path}")
-    return _atomic_write_bytes(path, buf.tobytes())
+    return atomic.write_bytes(path, buf.tobytes())
 
 
 def intrinsics_matrix(fx: float, fy: float | None = None, cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
@@ -321,7 +307,7 @@ def write_ply(path: str | os.PathLike, points, colors=None) -> Path:
         header += ["property uchar red", "property uchar green", "property uchar blue"]
     header.append("end_header")
     data = ("\n".join(header) + "\n").encode("ascii") + rec.tobytes()
-    return _atomic_write_bytes(path, data)
+    return atomic.write_bytes(path, data)
 
 
 def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:

@@ -82,6 +82,13 @@ def test_infer_any_size_returns_input_size(hw):
     assert depth.shape == (1, 1, *hw) and torch.isfinite(depth).all()
 
 
+def test_working_area_defaults_to_the_released_training_area_and_is_validated():
+    m = _ppd()
+    assert m.area == 1024 * 768 and m.working_size(480, 640) == (768, 1024)
+    with pytest.raises(ValueError, match="working area must be a positive number of pixels"):
+        PixelPerfectDepth(m.dit, m.encoder, area=0)
+
+
 def test_fit_to_area_keeps_aspect_and_multiples():
     assert fit_to_area(480, 640, 1024 * 768, 16) == (768, 1024)
     h, w = fit_to_area(375, 1242, 1024 * 768, 16)

@@ -205,6 +205,10 @@ def test_checkpoint_reload_and_export(tmp_path):
     torch.testing.assert_close(
         model.sample(image, 2, noise=noise), m.inference_model().sample(image, 2, noise=noise)
     )
+    # infer() works at the training crop's area (32x48 here), not at the released model's 1024x768
+    assert model.area == raw.area == 32 * 48
+    assert model.working_size(480, 640) == (32, 48) and model.working_size(480, 640, area=64 * 96) == (64, 96)
+    assert model.infer(torch.rand(1, 3, 60, 90), steps=1).shape == (1, 1, 60, 90)
 
 
 def test_random_encoder_needs_explicit_permission():
@@ -232,3 +236,15 @@ def test_init_dit_from_our_checkpoint_an_export_and_a_mismatch(tmp_path):
     wrong = make_module(dit=dict(DIT, hidden_size=64))
     with pytest.raises(CheckpointError, match="shape mismatches"):
         init_dit_weights(wrong, str(exported))
+
+
+def test_checkpoint_io_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    from ppd_lightning.training.checkpoint import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    with pytest.raises(Exception, match="pickle|lambda"):
+        io.save_checkpoint({"global_step": 2, "unpicklable": lambda: 0}, path)
+    assert io.load_checkpoint(path) == {"global_step": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]

@@ -381,15 +381,6 @@ def write_shard_atomic(path: str | Path, samples: list[dict[str, bytes]]) -> int
         return writer.commit()
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def expand_shard_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
     """Expand a brace pattern (``dir/shard-{000000..000009}.tar``), a directory or a list of either.
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ppd_lightning import atomic
+
 from .format import (
     AtomicShardWriter,
     RawSample,
@@ -37,7 +39,6 @@ from .format import (
     encode_sample,
     expand_shard_urls,
     iter_tar_samples,
-    write_json_atomic,
 )
 from .sources import SOURCES, SourceError, get_source
 
@@ -225,7 +226,7 @@ def write_shards(
         paths = [out_dir / shard_name(source, i) for i in range(num_shards)]
         todo = [i for i, p in enumerate(paths) if not p.exists()]
         manifest = {"params": params, "shards": shards, "complete": False}
-        write_json_atomic(manifest_path, manifest)
+        atomic.write_json(manifest_path, manifest, sort_keys=True)
         tasks = [
             {
                 "source": source,
@@ -254,7 +255,7 @@ def write_shards(
             shards[info["name"]] = info
             for s in info["skipped"]:
                 bar.write(f"skipped {s['item']}: {s['error']}")
-            write_json_atomic(manifest_path, manifest)
+            atomic.write_json(manifest_path, manifest, sort_keys=True)
             bar.update(n_items)
 
         if workers <= 1 or len(tasks) <= 1:
@@ -268,7 +269,7 @@ def write_shards(
                     done(fut.result(), len(futures[fut]["items"]))
         bar.close()
         manifest["complete"] = all(p.exists() for p in paths)
-        write_json_atomic(manifest_path, manifest)
+        atomic.write_json(manifest_path, manifest, sort_keys=True)
     manifest = dict(manifest)
     manifest["paths"] = [str(p) for p in paths]
     manifest["pattern"] = shard_pattern(out_dir, source, num_shards)

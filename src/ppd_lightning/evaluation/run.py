@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -22,12 +21,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ppd_lightning import atomic
 from ppd_lightning.evaluation.datasets import build_benchmark
 from ppd_lightning.evaluation.edges import EdgeChamfer
 from ppd_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, depth_metrics_per_image
 from ppd_lightning.evaluation.protocols import Prepared, Protocol, get_protocol
 from ppd_lightning.evaluation.sources import ModelSource, SavedPredictions, _device, build_source
-from ppd_lightning.visualize import _atomic_write_bytes, colorize, depth_panel, write_image
+from ppd_lightning.visualize import colorize, depth_panel, write_image
 
 __all__ = ["evaluate", "evaluate_benchmark", "format_table", "resolve_benchmarks"]
 
@@ -106,16 +106,6 @@ def _collate(batch):
     return batch
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array, np.float32))
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def _write_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
 def evaluate_benchmark(
     name: str,
     root,
@@ -182,9 +172,9 @@ def evaluate_benchmark(
                     write_image(output_dir / name / "panels" / f"{stem}.png", panel)
                     n_panels += 1
                 if saved is None and save_predictions:
-                    _save_npy(output_dir / name / "predictions" / f"{stem}.npy", preds[i])
+                    atomic.write_npy(output_dir / name / "predictions" / f"{stem}.npy", preds[i])
                 if spreads[i] is not None:
-                    _save_npy(output_dir / name / "spread" / f"{stem}.npy", spreads[i])
+                    atomic.write_npy(output_dir / name / "spread" / f"{stem}.npy", spreads[i])
                     write_image(
                         output_dir / name / "spread" / f"{stem}.png", colorize(spreads[i], cmap="inferno")
                     )
@@ -220,7 +210,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    _atomic_write_bytes(path, buf.getvalue().encode())
+    atomic.write_text(path, buf.getvalue())
 
 
 def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
@@ -279,7 +269,7 @@ def evaluate(cfg: Any) -> dict[str, dict[str, float]]:
             edge=cfg.get("edge"),
             progress=bool(cfg.get("progress", True)),
         )
-        _write_json(output_dir / "metrics.json", results)
+        atomic.write_json(output_dir / "metrics.json", results)
     print(f"\nprotocol: {protocol.name}   output: {output_dir}")
     print(format_table(results))
     return results

@@ -32,9 +32,16 @@ class PixelPerfectDepth(nn.Module):
     normalised log-depth: affine-invariant in log(d + 1) (``x0 + 0.5`` as the released model returns it).
     ``infer`` accepts any image size: it resizes to about ``area`` pixels (keeping the aspect, sides
     multiples of the DiT's size multiple), samples, and brings the prediction back to the input size.
+    ``area`` defaults to the area the model was trained at (1024x768 for the released weights).
     """
 
-    def __init__(self, dit: CascadeSPDiT, encoder: SemanticEncoder | None = None, steps: int = 4):
+    def __init__(
+        self,
+        dit: CascadeSPDiT,
+        encoder: SemanticEncoder | None = None,
+        steps: int = 4,
+        area: int = TRAIN_AREA,
+    ):
         super().__init__()
         if dit.uses_semantics and encoder is None:
             raise ValueError(f"the {dit.variant} DiT needs a semantic encoder")
@@ -45,6 +52,9 @@ class PixelPerfectDepth(nn.Module):
         self.dit = dit
         self.encoder = encoder if dit.uses_semantics else None
         self.sampler = EulerSampler(steps)
+        if area < 1:
+            raise ValueError(f"working area must be a positive number of pixels, got {area}")
+        self.area = int(area)
 
     @property
     def size_multiple(self) -> int:
@@ -84,14 +94,15 @@ class PixelPerfectDepth(nn.Module):
         steps: int | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        area: int = TRAIN_AREA,
+        area: int | None = None,
         output_mode: str = "nearest-exact",
     ) -> torch.Tensor:
         """Any-size image (B,3,H,W) in [0,1] -> depth (B,1,H,W) at the input size.
 
         The image is resized with antialiased bilinear filtering; the prediction comes back with
         ``output_mode`` (nearest by default: interpolating depth across an edge invents flying pixels).
-        ``noise``, if given, must have the working size (see ``working_size``).
+        ``noise``, if given, must have the working size (see ``working_size``). ``area`` overrides
+        the model's working area for this call.
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1], got {tuple(image.shape)}")
@@ -103,5 +114,5 @@ class PixelPerfectDepth(nn.Module):
             depth = F.interpolate(depth, (H, W), mode=output_mode)
         return depth
 
-    def working_size(self, height: int, width: int, area: int = TRAIN_AREA) -> tuple[int, int]:
-        return fit_to_area(height, width, area, self.size_multiple)
+    def working_size(self, height: int, width: int, area: int | None = None) -> tuple[int, int]:
+        return fit_to_area(height, width, self.area if area is None else area, self.size_multiple)

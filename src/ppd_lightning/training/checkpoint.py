@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ppd_lightning import atomic
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
+from ppd_lightning.models.ppd import TRAIN_AREA
 from ppd_lightning.official import CheckpointError, load_strict
 from ppd_lightning.training.encoders import build_semantic_encoder
 
@@ -20,18 +21,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     killed mid-write leaves the previous checkpoint intact, never a truncated one."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic.replacing(path) as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
         return super().load_checkpoint(
@@ -62,6 +53,15 @@ def dit_state_from_checkpoint(ckpt: dict, use_ema: bool = True) -> tuple[dict, b
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}, prefix == "ema_dit."
 
 
+def training_area(ckpt: dict) -> int | None:
+    """Pixels per training crop, read off the mean-target map the module accumulates at the training
+    resolution (None for a checkpoint saved before any training step)."""
+    mean_map = ckpt["state_dict"].get("mean_target_sum")
+    if mean_map is None or mean_map.numel() == 0:
+        return None
+    return int(mean_map.shape[-2] * mean_map.shape[-1])
+
+
 def load_model_from_checkpoint(
     path: str | os.PathLike,
     use_ema: bool = True,
@@ -71,7 +71,9 @@ def load_model_from_checkpoint(
     """A training checkpoint -> PixelPerfectDepth (EMA weights when present and ``use_ema``).
 
     The frozen encoder is not stored in our checkpoints; it is rebuilt from the run's config (its weights
-    file, or the seeded random encoder of the demo), or from ``encoder_weights`` if given."""
+    file, or the seeded random encoder of the demo), or from ``encoder_weights`` if given. ``infer`` works
+    at the checkpoint's training area by default (a 512x512 stage-1 model at 512x512, the CPU demo at its
+    48x64), so a model is not run at a resolution it never saw unless asked to."""
     ckpt = read_checkpoint(path, map_location)
     hp = ckpt["hyper_parameters"]
     dit = CascadeSPDiT(**hp["dit"])
@@ -83,18 +85,14 @@ def load_model_from_checkpoint(
         if encoder_weights:
             spec["weights"] = encoder_weights
         encoder = build_semantic_encoder(**spec)
-    return PixelPerfectDepth(dit, encoder, steps=hp.get("val_steps", 4)).to(map_location).eval()
+    area = training_area(ckpt) or TRAIN_AREA
+    return PixelPerfectDepth(dit, encoder, steps=hp.get("val_steps", 4), area=area).to(map_location).eval()
 
 
 def export_dit(path_in: str | os.PathLike, path_out: str | os.PathLike, use_ema: bool = True) -> Path:
     """Write the (EMA) DiT of a training checkpoint as ``dit.*`` safetensors, loadable by ``load_dit``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ckpt = read_checkpoint(path_in)
     sd, _ = dit_state_from_checkpoint(ckpt, use_ema)
-    out = Path(path_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({f"dit.{k}": v.contiguous() for k, v in sd.items()}, str(tmp))
-    os.replace(tmp, out)
-    return out
+    return atomic.write_bytes(path_out, save({f"dit.{k}": v.contiguous() for k, v in sd.items()}))

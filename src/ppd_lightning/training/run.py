@@ -3,11 +3,8 @@ config, trains (resuming with ``ckpt_path=last``), validates, and writes ``<run 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,17 +14,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ppd_lightning import atomic
+
 log = logging.getLogger("ppd_lightning.train")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 def generate_synthetic(spec: dict | None) -> None:
@@ -127,7 +116,7 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if trainer.is_global_zero:
         log.info("run directory: %s", output_dir)
-        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic.write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     started = time.time()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -153,7 +142,7 @@ def train(cfg: DictConfig) -> dict:
         "overrides": list(cfg.get("overrides") or []),
     }
     if trainer.is_global_zero:
-        atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2))
+        atomic.write_json(output_dir / "results.json", results)
         if "model" in results:
             print(
                 f"\nHeld-out synthetic scenes ({model.val_sets[0]}), {results['run']['global_step']} steps, "

@@ -11,7 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ppd_lightning.training.run import atomic_write_text
+from ppd_lightning import atomic
 
 COLUMNS = (
     "model/abs_rel",
@@ -43,14 +43,14 @@ def summarize(sweep_dir: str | Path) -> tuple[Path, Path] | None:
     writer = csv.DictWriter(buf, fieldnames=header)
     writer.writeheader()
     writer.writerows(rows)
-    csv_path = atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
+    csv_path = atomic.write_text(sweep_dir / "summary.csv", buf.getvalue())
 
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(row[h]) for h in header) + " |" for row in rows]
-    md_path = atomic_write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
+    md_path = atomic.write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     print(f"\nAblation summary ({len(rows)} runs): {md_path}\n" + "\n".join(lines))
     return md_path, csv_path
 
