@@ -12,47 +12,12 @@ makes the coarse half cheaper still (1.74x at the released size).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import matmul_peak, measure
 
 from ppd_lightning.flops import count_flops  # counts CPU attention too
 from ppd_lightning.models import CascadeSPDiT
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timeit(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Best of ``repeats``: on a shared machine the minimum is the least disturbed measurement."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
-    """Best of ``2 * repeats`` timings: the peak is what the machine can do, not what it usually does."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    best = float("inf")
-    for _ in range(2 * repeats):
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def main() -> None:
@@ -84,7 +49,7 @@ def main() -> None:
     sem = torch.randn(B, (H // 16) * (W // 16), args.semantic_dim, device=device)
     t = torch.rand(B, device=device)
 
-    peak = matmul_peak(device, dtype, 2048 if device.type == "cpu" else 8192, args.repeats)
+    peak = matmul_peak(device, dtype, 2048 if device.type == "cpu" else 8192, 2 * args.repeats)
     print(
         f"device {device} ({torch.get_num_threads()} threads), dtype {args.dtype}, input {B}x{H}x{W}, "
         f"fine tokens {(H // args.patch) * (W // args.patch)}"
@@ -100,7 +65,7 @@ def main() -> None:
                 return model(x, img, sem_in, t)
 
         flops = count_flops(fwd)
-        sec = timeit(fwd, device, args.repeats)
+        sec = measure(fwd, device, args.repeats)
         rows[variant] = (sec, flops)
         params = sum(p.numel() for p in model.parameters())
         print(

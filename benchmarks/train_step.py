@@ -16,6 +16,7 @@ import time
 import warnings
 
 import torch
+from timing import matmul_peak, measure, sync
 
 from ppd_lightning.flops import count_flops
 from ppd_lightning.flow import FlowMatching
@@ -25,8 +26,8 @@ from ppd_lightning.models import CascadeSPDiT, SemanticEncoder
 H100_BF16_DENSE = 989e12  # FLOP/s, spec sheet (SXM)
 
 SIZES = {
-    # name: (dit kwargs, encoder kwargs, batch, H, W)
-    "tiny (CPU demo)": (
+    # name: (dit kwargs, encoder kwargs, batch, H, W); "tiny" is the CPU demo's size
+    "tiny": (
         dict(hidden_size=128, depth=6, num_heads=4, patch_size=4, semantic_dim=64),
         dict(embed_dim=64, depth=2, num_heads=2),
         16,
@@ -41,26 +42,6 @@ SIZES = {
         384,
     ),
 }
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(device, dtype, n, repeats=10):
-    """Best of ``repeats`` timings: the peak is what the machine can do, not what it usually does."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / min(times)
 
 
 def make_step(dit, encoder, B, H, W, device, autocast_dtype):
@@ -90,15 +71,8 @@ def make_step(dit, encoder, B, H, W, device, autocast_dtype):
 
 
 def timed(fn, device, repeats):
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median of ``repeats`` calls after one warm-up (a training step's typical cost, not its best)."""
+    return measure(fn, device, repeats, warmup=1, reduce=statistics.median)
 
 
 def flops_of(fn):
@@ -130,7 +104,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sizes", nargs="*", default=list(SIZES))
+    ap.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--compile", action="store_true", help="also time each size with dit.compile()")
     args = ap.parse_args()
     device = torch.device(args.device)
