@@ -89,8 +89,8 @@ def build(name: str, root: Path) -> dict:
     return gts
 
 
-def to_tar(folder: Path, tar_path: Path, prefix: str = "") -> Path:
-    with tarfile.open(tar_path, "w") as tf:
+def to_tar(folder: Path, tar_path: Path, prefix: str = "", mode: str = "w") -> Path:
+    with tarfile.open(tar_path, mode) as tf:
         for p in sorted(folder.rglob("*")):
             if p.is_file():
                 tf.add(p, arcname=prefix + p.relative_to(folder).as_posix())

@@ -26,6 +26,18 @@ def test_loaders_read_pairs_depth_and_validity(fake_benchmark, name, as_tar):
         assert (s.intrinsics is not None) == (name == "hypersim")
 
 
+def test_compressed_tar_with_dot_slash_members_reads_like_the_folder(tmp_path):
+    # `tar czf nyu.tar.gz .` stores "./test/..." names; they are addressed without the "./"
+    src = tmp_path / "src"
+    gts = build("nyuv2", src)
+    tgz = to_tar(src, tmp_path / "nyu.tar.gz", prefix="./", mode="w:gz")
+    ds, ref = build_benchmark("nyuv2", tgz), build_benchmark("nyuv2", src)
+    assert ds.pairs == ref.pairs and [p[0] for p in ds.pairs] == sorted(gts)
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(ds[i].image, ref[i].image)
+        np.testing.assert_array_equal(ds[i].depth, ref[i].depth)
+
+
 def test_nyu_ignores_filled_and_kitti_skips_missing_gt(fake_benchmark):
     root, _ = fake_benchmark("nyuv2")
     ds = build_benchmark("nyuv2", root)

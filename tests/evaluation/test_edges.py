@@ -57,3 +57,12 @@ def test_metric_class_skips_images_without_edges():
     m.update(flat, flat, flat > 0, K)
     assert math.isnan(m.last_value)
     assert int(m.count) == 1 and m.compute().item() == 0.0
+
+
+def test_subsampled_edge_score_is_the_same_in_every_run():
+    gt = _scene()
+    valid = np.ones_like(gt, bool)
+    noisy = gt + np.random.default_rng(1).normal(0, 0.05, gt.shape).astype(np.float32)
+    full = edge_chamfer(noisy, gt, valid, K, max_points=None)
+    runs = {edge_chamfer(noisy, gt, valid, K, max_points=50) for _ in range(3)}
+    assert len(runs) == 1 and abs(runs.pop() - full) < 0.5 * full

@@ -57,9 +57,10 @@ class BenchmarkLayoutError(FileNotFoundError):
 class FileSource:
     """Read-only access to the files of a folder or of an uncompressed/compressed ``.tar``.
 
-    Names are POSIX paths relative to the root. A tar is indexed once (member name -> byte range
-    for uncompressed tars, read with a plain file handle per process, so it is safe in DataLoader
-    workers); compressed tars fall back to ``tarfile`` extraction.
+    Names are POSIX paths relative to the root (a leading ``./`` in a tar is dropped). A tar is indexed
+    once: an uncompressed one by byte range, read with a plain file handle per process (safe in
+    DataLoader workers); a compressed one through one ``tarfile`` handle per process, which keeps its
+    member table, so a read does not rescan the archive.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -81,7 +82,9 @@ class FileSource:
                 self._compressed = True
                 with tarfile.open(self.root) as tf:
                     members = tf.getmembers()
-            self._tar_index = {self._norm(m.name): (m.offset_data, m.size) for m in members if m.isfile()}
+            files = [m for m in members if m.isfile()]
+            self._tar_index = {self._norm(m.name): (m.offset_data, m.size) for m in files}
+            self._member_names = {self._norm(m.name): m.name for m in files}  # as stored, e.g. "./a.png"
             self._names = sorted(self._tar_index)
         else:
             raise FileNotFoundError(str(self.root))
@@ -105,14 +108,13 @@ class FileSource:
             return (self.root / name).read_bytes()
         if name not in self._tar_index:
             raise FileNotFoundError(f"{name} not in {self.root}")
-        if self._compressed:
-            with tarfile.open(self.root) as tf:
-                f = tf.extractfile(name) or tf.extractfile("./" + name)
-                return f.read()
-        offset, size = self._tar_index[name]
         if self._handle is None or self._handle[0] != os.getpid():
-            self._handle = (os.getpid(), open(self.root, "rb"))  # noqa: SIM115 - one per process
+            handle = tarfile.open(self.root) if self._compressed else open(self.root, "rb")  # noqa: SIM115
+            self._handle = (os.getpid(), handle)  # one per process, closed with the process
         fh = self._handle[1]
+        if self._compressed:
+            return fh.extractfile(self._member_names[name]).read()
+        offset, size = self._tar_index[name]
         fh.seek(offset)
         return fh.read(size)
 

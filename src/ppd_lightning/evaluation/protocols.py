@@ -18,7 +18,7 @@ kitti      352x1216 bottom-centred crop, (1e-5, 80),      same crop and Eigen ma
 eth3d      (1e-5, inf); scale/shift fitted on the maps    image/gt resized to 2048x1360 (area /
            brought down (nearest) to <= 1024 px a side    nearest) first, > 0.01
 scannet    (1e-3, 10)                                     (0.01, 10)
-diode      its mask, (1e-3, 350)                          mask, (0.6, 350), Sobel |dx|+|dy| of the
+diode      its mask, (0.6, 350) as Marigold's loader      mask, (0.6, 350), Sobel |dx|+|dy| of the
                                                           depth > 0.3 excluded
 hypersim   (1e-3, 65)                                     (0.01, 65)
 =========  =============================================  =========================================
@@ -215,7 +215,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "kitti": BenchmarkSpec(1e-5, 80.0, **_KITTI),
             "eth3d": BenchmarkSpec(1e-5, math.inf, alignment_max_res=1024),
             "scannet": BenchmarkSpec(1e-3, 10.0),
-            "diode": BenchmarkSpec(1e-3, 350.0),
+            "diode": BenchmarkSpec(0.6, 350.0),  # Marigold's DIODE range, on top of the mask file
             "hypersim": BenchmarkSpec(1e-3, 65.0),
         },
     ),
