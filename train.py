@@ -4,8 +4,6 @@
 import hydra
 from omegaconf import DictConfig
 
-import ppd_lightning.training.resolvers  # noqa: F401  (registers ${mul:...} before Hydra composes)
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:

@@ -10,7 +10,6 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-import ppd_lightning.training.resolvers  # noqa: F401
 from ppd_lightning.training.module import PPDLightningModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,3 +133,42 @@ def test_slurm_launcher_composes_against_the_plugin_schema(tmp_path):
     assert launcher._metadata.object_type.__name__ == "SlurmQueueConf"
     with pytest.raises(Exception, match="not_a_slurm_key"):
         _compose(["launcher=slurm", "hydra.launcher.not_a_slurm_key=1", f"paths.data_dir={tmp_path}"])
+
+
+def test_fsdp_config_builds_a_strategy_that_shards_the_dit_and_its_ema_alike(tmp_path):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    cfg = _compose(["trainer=fsdp", f"paths.data_dir={tmp_path}"])
+    strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = hydra.utils.instantiate(cfg.model)
+    wrapped = policy._run_policy(model, set(), {})  # the modules FSDP would make units of
+    units = [n for n, m in model.named_modules() if m in wrapped]
+    dit_units = [n.removeprefix("dit") for n in units if n == "dit" or n.startswith("dit.")]
+    ema_units = [n.removeprefix("ema_dit") for n in units if n.startswith("ema_dit")]
+    assert dit_units == ema_units and "" in dit_units  # the whole DiT and each of its blocks
+    assert len(dit_units) == 1 + cfg.model.dit.depth
+    assert not any(n.startswith("encoder") for n in units)
+
+
+def test_gradient_clipping_under_fsdp_goes_through_the_root_module(monkeypatch):
+    from types import SimpleNamespace
+    from unittest.mock import PropertyMock
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from ppd_lightning.training.strategies import fsdp_strategy
+
+    clipped = []
+    root = SimpleNamespace(clip_grad_norm_=clipped.append)
+    fake_trainer = SimpleNamespace(strategy=fsdp_strategy(), model=root)
+    monkeypatch.setattr(PPDLightningModule, "trainer", PropertyMock(return_value=fake_trainer))
+    module = object.__new__(PPDLightningModule)  # only the hook is exercised
+    module.configure_gradient_clipping(None, 1.0, "norm")
+    assert clipped == [1.0]
+    with pytest.raises(ValueError, match="only norm clipping"):
+        module.configure_gradient_clipping(None, 1.0, "value")
+    assert isinstance(fake_trainer.strategy, FSDPStrategy)

@@ -132,8 +132,51 @@ def test_non_finite_loss_skips_the_step_and_counts_it():
 
 def test_too_many_non_finite_losses_stop_training_with_a_clear_error():
     m = make_module(max_bad_steps=2)
-    with pytest.raises(RuntimeError, match="2 consecutive non-finite losses"):
+    with pytest.raises(RuntimeError, match="2 consecutive optimizer steps with a non-finite loss"):
         fit(m, [toy_batch(seed=i, nan=True) for i in range(3)])
+
+
+def test_non_finite_losses_are_counted_per_optimizer_step_under_accumulation():
+    # windows of 2 micro-batches: [nan, ok] is skipped whole (once), [ok, ok] steps
+    m = make_module()
+    fit(m, [toy_batch(seed=0, nan=True), toy_batch(seed=1), toy_batch(seed=2), toy_batch(seed=3)],
+        accumulate_grad_batches=2)  # fmt: skip
+    assert m.skipped_steps == 1 and int(m.ema_updates) == 1
+    # one bad micro-batch in every window: no step ever happens, so the run must stop
+    m = make_module(max_bad_steps=2)
+    with pytest.raises(RuntimeError, match="2 consecutive optimizer steps"):
+        fit(m, [toy_batch(seed=i, nan=i % 2 == 0) for i in range(6)], accumulate_grad_batches=2)
+
+
+def test_grad_scaler_precision_still_steps_the_optimizer():
+    # 16-mixed hands the closure's result to a GradScaler; a None there would skip every step silently
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    m = make_module(ema_decay=None)
+    before = {k: v.clone() for k, v in m.dit.state_dict().items()}
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    fit(m, [toy_batch(seed=i) for i in range(3)], plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+    changed = [k for k, v in m.dit.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and scaler._growth_tracker is not None
+
+
+def test_cosine_schedule_spans_the_optimizer_steps_the_trainer_counts():
+    from functools import partial
+
+    from ppd_lightning.training.schedules import warmup_cosine
+
+    def final_lr(**sched_kw):
+        m = make_module(
+            optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0),
+            scheduler=partial(warmup_cosine, warmup_steps=1, min_lr_ratio=0.1, **sched_kw),
+        )
+        trainer = fit(m, [toy_batch(seed=i) for i in range(6)], accumulate_grad_batches=2)
+        return trainer.optimizers[0].param_groups[0]["lr"]
+
+    # 6 micro-batches / accumulation 2 = 3 optimizer steps: the cosine ends exactly at the last one
+    assert final_lr() == pytest.approx(1e-4)
+    assert final_lr(total_steps=None) == pytest.approx(1e-3)  # explicit null: constant after warm-up
+    assert final_lr(total_steps=12) > 5e-4  # an explicit total is kept as given
 
 
 def test_sky_is_valid_and_beyond_the_farthest_depth():
@@ -209,6 +252,12 @@ def test_checkpoint_reload_and_export(tmp_path):
     assert model.area == raw.area == 32 * 48
     assert model.working_size(480, 640) == (32, 48) and model.working_size(480, 640, area=64 * 96) == (64, 96)
     assert model.infer(torch.rand(1, 3, 60, 90), steps=1).shape == (1, 1, 60, 90)
+    # run counters survive a resume
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["ppd"] == {"skipped_steps": 0, "corrupt_samples": 3}
+    resumed = make_module()
+    resumed.on_load_checkpoint(ckpt)
+    assert (resumed.skipped_steps, resumed.corrupt_samples) == (0, 3)
 
 
 def test_random_encoder_needs_explicit_permission():

@@ -8,12 +8,14 @@ and metrics as ``evaluate.py``.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from ppd_lightning.evaluation.align import align_log_ransac
@@ -46,7 +48,10 @@ class PPDLightningModule(L.LightningModule):
     dit: CascadeSPDiT keyword arguments (variant and sizes).
     encoder: semantic encoder spec, see ``build_semantic_encoder`` (weights path, or a random size).
     optimizer: partial optimizer (``_partial_: true`` in Hydra), called with the trainable parameters.
-    scheduler: optional partial ``LambdaLR``-style factory ``f(optimizer) -> scheduler`` (per step).
+    scheduler: optional partial ``LambdaLR``-style factory ``f(optimizer) -> scheduler`` (per optimizer
+        step). A factory with a ``total_steps`` parameter that the config leaves out gets the number of
+        optimizer steps this fit will take (``trainer.estimated_stepping_batches``: epochs, epoch length,
+        gradient accumulation and devices included); an explicit ``total_steps: null`` means none.
     timesteps: logit-normal ``loc`` and ``scale``.
     target: DepthTargetTransform arguments.
     grad_loss_weight: weight of the multi-scale gradient loss on the x0 prediction (0.2 at 1024x768).
@@ -54,7 +59,7 @@ class PPDLightningModule(L.LightningModule):
         semantic tokens (ablation only).
     ema_decay: EMA of the DiT weights (None disables); used for validation and export when enabled.
     val_steps: Euler steps at validation. val_sets: names of the validation sources (batch['dataset']).
-    max_bad_steps: stop after this many consecutive non-finite losses.
+    max_bad_steps: stop after this many consecutive optimizer steps skipped for a non-finite loss.
     seed: seeds the per-step noise and timesteps (a function of (seed, step, rank), so resuming
         reproduces the uninterrupted run).
     """
@@ -115,9 +120,9 @@ class PPDLightningModule(L.LightningModule):
         self.register_buffer("mean_target_sum", torch.zeros(0), persistent=True)
         self.register_buffer("mean_target_count", torch.zeros((), dtype=torch.long), persistent=True)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long), persistent=True)
-        self.skipped_steps = 0
+        self.skipped_steps = 0  # optimizer steps skipped (a non-finite loss in any of their micro-batches)
         self._bad_in_a_row = 0
-        self._skip_next_step = False
+        self._skip_next_step = False  # set by any micro-batch of the current accumulation window
         self.corrupt_samples = 0
 
     # --- parameters ----------------------------------------------------------------------------------
@@ -148,8 +153,26 @@ class PPDLightningModule(L.LightningModule):
             return optimizer
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+            "lr_scheduler": {"scheduler": self._build_scheduler(optimizer), "interval": "step"},
         }
+
+    def _build_scheduler(self, optimizer):
+        factory = self.scheduler_factory
+        given = getattr(factory, "keywords", {})
+        try:
+            takes_total = "total_steps" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            takes_total = False
+        if not takes_total or "total_steps" in given:
+            return factory(optimizer)
+        # Counted by the trainer, so epochs x epoch length / accumulation is never hand-computed in a config.
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "the LR schedule needs model.scheduler.total_steps: the trainer cannot count this fit's "
+                "optimizer steps (no max_steps and no epoch length)"
+            )
+        return factory(optimizer, total_steps=int(total))
 
     def inference_model(self, use_ema: bool = True) -> PixelPerfectDepth:
         dit = self.ema_dit if (use_ema and self.ema_dit is not None) else self.dit
@@ -160,12 +183,14 @@ class PPDLightningModule(L.LightningModule):
         sd = checkpoint["state_dict"]
         for k in [k for k in sd if k.startswith("encoder.")]:
             del sd[k]
-        checkpoint["ppd"] = {"skipped_steps": self.skipped_steps}
+        checkpoint["ppd"] = {"skipped_steps": self.skipped_steps, "corrupt_samples": self.corrupt_samples}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.encoder is not None:
             checkpoint["state_dict"].update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
-        self.skipped_steps = checkpoint.get("ppd", {}).get("skipped_steps", 0)
+        counters = checkpoint.get("ppd", {})
+        self.skipped_steps = counters.get("skipped_steps", 0)
+        self.corrupt_samples = counters.get("corrupt_samples", 0)
         n = checkpoint["state_dict"].get("mean_target_sum")
         if n is not None:
             self.mean_target_sum = torch.zeros_like(n)
@@ -239,32 +264,49 @@ class PPDLightningModule(L.LightningModule):
         return H // p, W // p
 
     def _guard_non_finite(self, loss: torch.Tensor) -> torch.Tensor:
-        """A non-finite loss (on any rank) skips the optimizer step on every rank; backward still runs on a
-        zero surrogate so DDP's gradient hooks fire consistently. Too many in a row stops training."""
+        """A non-finite loss (on any rank) marks the current optimizer step for skipping on every rank;
+        backward still runs on a zero surrogate so DDP's gradient hooks fire consistently. The step is
+        counted once in ``optimizer_step``, however many micro-batches of its accumulation window were bad."""
         bad = not bool(torch.isfinite(loss))
         if self.trainer is not None and self.trainer.world_size > 1:
             bad = bool(self.trainer.strategy.reduce_boolean_decision(bad, all=False))
         if not bad:
-            self._bad_in_a_row = 0
             return loss
-        self._bad_in_a_row += 1
-        self.skipped_steps += 1
         self._skip_next_step = True
-        if self._bad_in_a_row >= self.max_bad_steps:
-            raise RuntimeError(
-                f"{self._bad_in_a_row} consecutive non-finite losses (last at step {self.global_step}): stopping. "
-                "Lower the learning rate, enable gradient clipping, or check the data for NaN/Inf depth."
-            )
         return sum(p.sum() for p in self.trainable_parameters()) * 0.0
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Under FSDP each rank holds gradient shards: the norm must be computed across ranks, which only the
+        # root FSDP module can do (Lightning's FSDP precision plugin refuses norm clipping for that reason).
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(
+                    f"under FSDP only norm clipping is supported, got {gradient_clip_algorithm!r}"
+                )
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        if optimizer_closure is not None:
-            optimizer_closure()  # forward + backward (+ clipping hooks in the step below)
+        # The closure (forward + backward of the last micro-batch) runs first, so that a non-finite loss
+        # is known before anything is stepped.
+        result = optimizer_closure() if optimizer_closure is not None else None
         if self._skip_next_step:
             self._skip_next_step = False
+            self.skipped_steps += 1
+            self._bad_in_a_row += 1
             optimizer.zero_grad(set_to_none=True)
+            if self._bad_in_a_row >= self.max_bad_steps:
+                raise RuntimeError(
+                    f"{self._bad_in_a_row} consecutive optimizer steps with a non-finite loss (last at step "
+                    f"{self.global_step}): stopping. Lower the learning rate, enable gradient clipping, or "
+                    "check the data for NaN/Inf depth."
+                )
             return
-        optimizer.step(closure=lambda: None)
+        self._bad_in_a_row = 0
+        # Hand the closure's result on: precision plugins read a None as "backward was skipped" (a
+        # GradScaler would then neither unscale, step nor update, and training would silently stall).
+        optimizer.step(closure=lambda: result)
         if self.ema is not None:
             self.ema.update(self.ema_dit, self.dit, int(self.ema_updates))
             self.ema_updates += 1
