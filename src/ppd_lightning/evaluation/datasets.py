@@ -84,7 +84,8 @@ class FileSource:
                     members = tf.getmembers()
             files = [m for m in members if m.isfile()]
             self._tar_index = {self._norm(m.name): (m.offset_data, m.size) for m in files}
-            self._member_names = {self._norm(m.name): m.name for m in files}  # as stored, e.g. "./a.png"
+            if self._compressed:  # extracted by the name as stored, e.g. "./a.png"
+                self._member_names = {self._norm(m.name): m.name for m in files}
             self._names = sorted(self._tar_index)
         else:
             raise FileNotFoundError(str(self.root))
