@@ -1,11 +1,12 @@
-"""FLOP counting that also sees attention on the CPU.
+"""FLOP counting that also sees attention on the CPU, on every torch release.
 
 ``torch.utils.flop_counter.FlopCounterMode`` has formulas for the CUDA attention kernels (flash,
-memory-efficient, cuDNN) but none for ``_scaled_dot_product_flash_attention_for_cpu``, the kernel
-``F.scaled_dot_product_attention`` runs on a CPU: there it counts attention as 0 FLOPs, which
-understates a transformer's work (by 25 % for the base Cas-DiT at 1,536 tokens) and every
-achieved-FLOP/s figure derived from it. :func:`count_flops` adds the two CPU formulas, reusing
-torch's own SDPA counts, so CPU, CUDA and meta-device counts agree.
+memory-efficient, cuDNN). Older releases have none for ``_scaled_dot_product_flash_attention_for_cpu``,
+the kernel ``F.scaled_dot_product_attention`` runs on a CPU, and count attention there as 0 FLOPs, which
+understates a transformer's work (by 25 % for the base Cas-DiT at 1,536 tokens) and every achieved-FLOP/s
+figure derived from it; newer releases (2.15) count it themselves. :func:`count_flops` supplies the two CPU
+formulas only for the ops torch has no formula for, so CPU, CUDA and meta-device counts agree whatever the
+release, and attention is never counted twice (a custom formula replaces, never adds to, torch's).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 __all__ = ["count_flops", "flop_counter"]
 
@@ -26,19 +27,25 @@ def _cpu_flash_backward(grad_out, query, key, value, *args, out_shape=None, **kw
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
-def _cpu_formulas() -> dict:
-    aten = torch.ops.aten
+_CPU_KERNELS = {
+    "_scaled_dot_product_flash_attention_for_cpu": _cpu_flash_forward,
+    "_scaled_dot_product_flash_attention_for_cpu_backward": _cpu_flash_backward,
+}
+
+
+def _missing_cpu_formulas() -> dict:
+    """Our formulas for the CPU attention kernels that this torch has but does not count."""
     formulas = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        formulas[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_forward
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-        formulas[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_flash_backward
+    for name, formula in _CPU_KERNELS.items():
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None and op not in flop_registry:
+            formulas[op] = formula
     return formulas
 
 
 def flop_counter() -> FlopCounterMode:
     """A ``FlopCounterMode`` (no display) that also counts CPU attention."""
-    return FlopCounterMode(display=False, custom_mapping=_cpu_formulas())
+    return FlopCounterMode(display=False, custom_mapping=_missing_cpu_formulas())
 
 
 def count_flops(fn: Callable[[], object]) -> int:
