@@ -94,3 +94,44 @@ def test_ply_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="colours"):
         write_ply(tmp_path / "bad.ply", pts, cols[:3])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ply", "f.ply", "n.ply"]
+
+
+def test_readable_panel_upscales_keys_and_marks_sky_and_holes():
+    from ppd_lightning.visualize import INVALID_COLOR, SKY_COLOR, colorbar
+
+    H, W = 24, 32
+    gt = np.tile(np.linspace(2.0, 20.0, H, dtype=np.float32)[:, None], (1, W))
+    sky = np.zeros((H, W), bool)
+    sky[:4] = True
+    gt[sky] = 0.0
+    mask = gt > 0
+    mask[12, 5] = False  # a hole
+    pred = gt.copy()
+    pred[sky] = 25.0
+    img = np.zeros((H, W, 3), np.uint8)
+    plain = depth_panel(img, pred, gt, mask, sky=sky)
+    panel = depth_panel(img, pred, gt, mask, sky=sky, min_height=192, colorbars=True)
+    factor = 8  # ceil(192 / 24)
+    assert panel.shape[0] >= 192 and panel.shape[1] > plain.shape[1] * 7
+    # tiles: image, prediction, ground truth, each W * factor wide with 4-px gaps, above an 18-px legend
+    tile_w = W * factor + 4
+    body = panel[panel.shape[0] - 18 - H * factor : panel.shape[0] - 18]  # the tiles, above the legend
+    pred_tile = body[:, tile_w : tile_w + W * factor]
+    gt_tile = body[:, 2 * tile_w : 2 * tile_w + W * factor]
+    # nearest upscaling: every source pixel is a factor x factor block
+    assert (
+        gt_tile[::factor, ::factor].reshape(H, W, 3) == gt_tile[factor - 1 :: factor, factor - 1 :: factor]
+    ).all()
+    g = gt_tile[::factor, ::factor]
+    p = pred_tile[::factor, ::factor]
+    assert (g[sky] == SKY_COLOR).all()
+    assert tuple(g[12, 5]) == INVALID_COLOR
+    # prediction and ground truth share one colour range: equal depths, equal colours
+    both = mask & ~sky
+    assert (g[both] == p[both]).all()
+    # the key: vmax at the top, vmin at the bottom, in the colours of the depth tiles
+    key = colorbar(2.0, 20.0, 100)
+    lut = colorize(np.array([[0.0, 1.0]]), vmin=0.0, vmax=1.0)
+    strip = key[:, 5]
+    painted = strip[(strip != 255).any(1)]
+    assert (painted[0] == lut[0, 1]).all() and (painted[-1] == lut[0, 0]).all()

@@ -18,6 +18,7 @@ import torch
 from ppd_lightning import atomic
 
 __all__ = [
+    "colorbar",
     "colorize",
     "colorize_depth",
     "colorize_error",
@@ -136,7 +137,8 @@ def colorize_depth(
 def colorize_error(
     pred, gt, mask=None, vmax: float = 0.25, cmap: str = "inferno", invalid_color=(128, 128, 128)
 ) -> np.ndarray:
-    """Colourise the absolute relative error ``|pred - gt| / gt`` on ``[0, vmax]``; invalid grey."""
+    """Colourise the absolute relative error ``|pred - gt| / gt`` on ``[0, vmax]``; invalid pixels
+    ``invalid_color`` (grey by default)."""
     p = _squeeze_hw(_np(pred).astype(np.float64), "pred")
     g = _squeeze_hw(_np(gt).astype(np.float64), "gt")
     m = np.isfinite(g) & (g > 0) & np.isfinite(p)
@@ -191,34 +193,97 @@ def side_by_side(images: Sequence, labels: Sequence[str] | None = None, gap: int
     return np.concatenate(out, 1)
 
 
+# Panels paint pixels without a metric depth in two fixed colours, said in the legend under the panel.
+INVALID_COLOR = (0, 0, 0)  # no ground truth
+SKY_COLOR = (150, 150, 150)  # sky: valid for training (as far), but no metric depth to score
+
+
+def _upscale(img: np.ndarray, factor: int) -> np.ndarray:
+    if factor <= 1:
+        return img
+    return cv2.resize(img, (img.shape[1] * factor, img.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
+
+
+def colorbar(
+    vmin: float, vmax: float, height: int, cmap: str = "spectral", unit: str = "m", ticks: int = 5
+) -> np.ndarray:
+    """A vertical colour bar (``vmax`` at the top, as on a map legend) with ``ticks`` labelled values,
+    ``height`` pixels tall, white background: the key to a :func:`colorize` image of the same range."""
+    height = max(int(height), 16)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, min(0.5, height / 400))
+    labels = [vmax - (vmax - vmin) * i / (ticks - 1) for i in range(ticks)]
+    texts = [f"{v:.3g} {unit}".rstrip() for v in labels]
+    text_w = max(cv2.getTextSize(t, font, scale, 1)[0][0] for t in texts)
+    text_h = cv2.getTextSize("0", font, scale, 1)[0][1]
+    pad, strip = text_h, 12
+    out = np.full((height, strip + 6 + text_w + 4, 3), 255, np.uint8)
+    ramp = np.linspace(1.0, 0.0, height - 2 * pad)  # top = vmax
+    out[pad : height - pad, :strip] = _lut(cmap)[np.round(ramp * 255).astype(np.int64)][:, None]
+    for i, text in enumerate(texts):
+        y = pad + round((height - 2 * pad - 1) * i / (ticks - 1))
+        out[y, strip : strip + 3] = 0
+        cv2.putText(out, text, (strip + 6, y + text_h // 2), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def _legend(width: int, text: str) -> np.ndarray:
+    bar = np.full((18, width, 3), 255, np.uint8)
+    cv2.putText(bar, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return bar
+
+
 def depth_panel(
     image,
     pred,
     gt,
     mask=None,
+    sky=None,
     cmap: str = "spectral",
     error_vmax: float = 0.25,
     labels: Sequence[str] = ("image", "prediction", "ground truth", "abs. rel. error"),
+    min_height: int = 0,
+    colorbars: bool = False,
+    unit: str = "m",
 ) -> np.ndarray:
     """``image | prediction | ground truth | error`` with labels.
 
     Prediction and ground truth share one colour range (the robust range of the valid ground
-    truth), so colours are comparable; pixels outside ``mask`` are black in the ground truth and
-    grey in the error panel.
+    truth), so colours are comparable. Pixels outside ``mask`` are :data:`INVALID_COLOR` in the ground
+    truth and error tiles, ``sky`` pixels :data:`SKY_COLOR`. ``min_height`` upscales every tile by an
+    integer factor with nearest neighbours (small validation crops stay pixel-exact but readable);
+    ``colorbars`` adds the depth key (in ``unit``) after the ground truth, the error key after the
+    error, and a legend line naming the two fixed colours.
     """
     g = _squeeze_hw(_np(gt).astype(np.float64), "gt")
     m = np.isfinite(g) & (g > 0)
     if mask is not None:
         m &= _squeeze_hw(_np(mask), "mask").astype(bool)
+    s = np.zeros_like(m) if sky is None else _squeeze_hw(_np(sky), "sky").astype(bool)
+    m &= ~s
     if m.any():
         vmin, vmax = np.percentile(g[m], (2.0, 98.0))
     else:
         vmin = vmax = None
     img = _to_uint8_rgb(image)
     p_col = colorize_depth(pred, None, vmin, vmax, cmap)
-    g_col = colorize_depth(g, m, vmin, vmax, cmap)
-    e_col = colorize_error(pred, g, m, vmax=error_vmax)
-    return side_by_side([img, p_col, g_col, e_col], labels=list(labels))
+    g_col = colorize_depth(g, m, vmin, vmax, cmap, invalid_color=INVALID_COLOR)
+    e_col = colorize_error(pred, g, m, vmax=error_vmax, invalid_color=INVALID_COLOR)
+    g_col[s] = SKY_COLOR
+    e_col[s] = SKY_COLOR
+    factor = -(-int(min_height) // img.shape[0]) if min_height else 1
+    tiles = [_upscale(x, factor) for x in (img, p_col, g_col, e_col)]
+    names = list(labels)
+    if colorbars:
+        h = tiles[0].shape[0]
+        lo, hi = (0.0, 1.0) if vmin is None else (float(vmin), float(vmax))
+        tiles.insert(3, colorbar(lo, hi, h, cmap, unit))
+        tiles.append(colorbar(0.0, error_vmax, h, "inferno", ""))
+        names.insert(3, unit)
+        names.append("")
+    panel = side_by_side(tiles, labels=names)
+    if colorbars:
+        panel = np.concatenate([panel, _legend(panel.shape[1], "black: no ground truth   grey: sky")], 0)
+    return panel
 
 
 def write_image(path: str | os.PathLike, image) -> Path:
