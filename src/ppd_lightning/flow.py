@@ -42,17 +42,28 @@ class LinearPath:
 class LogitNormalTimesteps:
     """t = sigmoid(loc + scale * n), n ~ N(0, 1): concentrates training on intermediate noise levels.
 
-    ``uniform_fraction`` draws that share of t from U(0, 1) instead. The logit-normal almost never visits
-    t near 1, yet the sampler's first step is at t = 1 exactly; long runs generalise there, short runs
-    (the CPU demo) do not, and a uniform share fixes that.
+    ``grid`` rounds t to multiples of 1 / grid, as the release does (it trains on the integer timesteps
+    round(1000 * t), so ``grid`` defaults to 1000); ``grid=None`` keeps t continuous.
+    ``uniform_fraction`` draws that share of t from U(0, 1) instead (before rounding). The logit-normal almost
+    never visits t near 1, yet the sampler's first step is at t = 1 exactly; long runs generalise there, short
+    runs (the CPU demo) do not, and a uniform share fixes that.
     """
 
-    def __init__(self, loc: float = 0.0, scale: float = 1.0, uniform_fraction: float = 0.0):
+    def __init__(
+        self,
+        loc: float = 0.0,
+        scale: float = 1.0,
+        uniform_fraction: float = 0.0,
+        grid: int | None = OFFICIAL_T,
+    ):
         if scale <= 0:
             raise ValueError(f"logit-normal scale must be > 0, got {scale}")
         if not 0.0 <= uniform_fraction <= 1.0:
             raise ValueError(f"uniform_fraction must be in [0, 1], got {uniform_fraction}")
+        if grid is not None and (isinstance(grid, bool) or int(grid) != grid or grid < 1):
+            raise ValueError(f"timestep grid must be a positive integer or None, got {grid!r}")
         self.loc, self.scale, self.uniform_fraction = loc, scale, uniform_fraction
+        self.grid = None if grid is None else int(grid)
 
     def __call__(
         self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
@@ -62,6 +73,8 @@ class LogitNormalTimesteps:
         if self.uniform_fraction > 0:
             u = torch.rand(2, n, device=device, generator=generator)
             t = torch.where(u[0] < self.uniform_fraction, u[1], t)
+        if self.grid is not None:
+            t = torch.round(t * self.grid) / self.grid
         return t
 
 
@@ -118,6 +131,9 @@ class DepthTargetTransform:
     """Metric depth -> diffusion target, per image: log(d + 1), normalised by the 2 % / 98 % quantiles of
     the valid pixels closer than ``max_depth``, clamped to [-0.5, 1] and shifted by -0.5, i.e. the target
     lives in [-1, 0.5] and a prediction p maps back with depth = exp((p + 0.5) * (hi - lo) + lo) - 1.
+
+    ``release_depth`` turns a batch's depth / mask / sky into the depth and loss mask the release trains on
+    (valid = ``min_depth`` < d < ``max_depth``; sky valid at ``max_depth + sky_margin``).
     """
 
     low_quantile: float = 0.02
@@ -126,6 +142,31 @@ class DepthTargetTransform:
     clamp_min: float = -0.5
     clamp_max: float = 1.0
     shift: float = -0.5
+    min_depth: float = 0.1
+    sky_margin: float = 1.0
+
+    def release_depth(
+        self, depth: torch.Tensor, mask: torch.Tensor, sky: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The release's ``read_depth`` on this project's batch format -> (depth, loss mask).
+
+        depth (B,1,H,W) metres (0 where invalid or sky), mask bool (valid, never sky), sky bool or None.
+        Valid pixels are ``min_depth < d < max_depth`` inside ``mask`` (so 80-200 m is not valid); depth is
+        clipped to [min_depth, max_depth] (non-finite -> min_depth) and sky is set to the clipped maximum
+        plus ``sky_margin``: the sky of outdoor sets is > 200 m, which clips to ``max_depth``, so sky is
+        ``max_depth + sky_margin`` (81 m). Sky is in the loss mask; it never enters the quantiles, which only
+        take pixels closer than ``max_depth``.
+        """
+        depth = depth.float()
+        finite = torch.isfinite(depth)
+        valid = mask.bool() & finite & (depth > self.min_depth) & (depth < self.max_depth)
+        clipped = torch.where(finite, depth, torch.full_like(depth, self.min_depth))
+        clipped = clipped.clamp(self.min_depth, self.max_depth)
+        if sky is None:
+            return clipped, valid
+        sky = sky.bool() & ~valid
+        clipped = torch.where(sky, torch.full_like(clipped, self.max_depth + self.sky_margin), clipped)
+        return clipped, valid | sky
 
     def quantiles(self, depth: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B = depth.shape[0]

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over valid pixels (the velocity loss). Zero, with a gradient, if none is valid."""
+    """Mean squared error over valid pixels (the velocity loss), as the release: sum(m * (p - t)^2) /
+    (sum(m) + 1e-6). Zero, with a gradient, if none is valid."""
     m = mask.to(pred.dtype)
-    return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+    return ((pred - target) ** 2 * m).sum() / (m.sum() + 1e-6)
 
 
 class MultiScaleGradientLoss(torch.nn.Module):

@@ -1,6 +1,8 @@
-"""Loading the released Pixel-Perfect Depth weights: ``ppd.pth`` (DiT) and ``depth_anything_v2_vit*.pth``
-(its DINOv2 part is the semantic encoder). Every size is inferred from the weights; keys must match
-exactly: a missing or unexpected key is an error that lists them (nothing is silently dropped).
+"""Loading the released Pixel-Perfect Depth weights: the DiTs (``ppd.pth``, ``ppd_moge.pth``) and their
+semantic encoders: ``depth_anything_v2_vit*.pth`` (its DINOv2 part), a plain DINOv2 state dict, or
+MoGe-2's ``moge2.pt`` (``{"model_config", "model"}``: its DINOv2 backbone and output projections).
+Every size is inferred from the weights; keys must match exactly: a missing or unexpected key is an
+error that lists them (nothing is silently dropped).
 
 Files are read with ``torch.load(..., weights_only=True)`` (no pickle code execution) or safetensors.
 """
@@ -16,13 +18,23 @@ import torch
 
 from ppd_lightning.models.dit import CascadeSPDiT
 from ppd_lightning.models.ppd import PixelPerfectDepth
-from ppd_lightning.models.semantics import SemanticEncoder
+from ppd_lightning.models.semantics import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SemanticEncoder,
+    resolve_layers,
+)
 
 StateSource = str | os.PathLike | Mapping[str, torch.Tensor]
 
 # Keys of depth_anything_v2_*.pth / DINOv2 that the semantic encoder does not use, by design.
 _UNUSED_ENCODER_KEYS = ("mask_token",)
 _UNUSED_ENCODER_PREFIXES = ("depth_head.",)
+# MoGe-2 (moge2.pt 'model'): the semantics are encoder.backbone.* + encoder.output_projections.*; the
+# neck and the heads are not semantics. Anything else is an error.
+MOGE2_BACKBONE, MOGE2_PROJECTIONS = "encoder.backbone.", "encoder.output_projections."
+MOGE2_NORMALISATION_KEYS = ("encoder.image_mean", "encoder.image_std")
+MOGE2_IGNORED_PREFIXES = ("neck.", "points_head.", "mask_head.", "normal_head.", "scale_head.")
 
 
 class CheckpointError(ValueError):
@@ -33,6 +45,11 @@ def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
     """Path (.pth/.pt/.bin via weights_only torch.load, or .safetensors) or mapping -> (tensors, name)."""
     if isinstance(source, Mapping):
         return dict(source), "<state dict>"
+    return _as_state_dict(*_read_object(source))
+
+
+def _read_object(source: str | os.PathLike) -> tuple[object, str]:
+    """What the file holds (weights_only torch.load or safetensors), and its name for messages."""
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -47,11 +64,15 @@ def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
         raise CheckpointError(
             f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]
         ) from e
+    return sd, str(path)
+
+
+def _as_state_dict(sd: object, path: str) -> tuple[dict[str, torch.Tensor], str]:
     if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
         sd = sd["state_dict"]  # a plain state dict saved inside a wrapper
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(sd).__name__}")
-    return dict(sd), str(path)
+    return dict(sd), path
 
 
 def take_prefix(sd: dict[str, torch.Tensor], prefix: str, name: str, ignore: tuple[str, ...] = ()) -> dict:
@@ -154,7 +175,10 @@ def infer_encoder_config(sd: Mapping[str, torch.Tensor], name: str = "<state dic
     if grid * grid != n:
         raise CheckpointError(f"{name}: pos_embed has {n} patch positions, expected a square grid")
     if any(k.startswith("register_tokens") for k in sd):
-        raise CheckpointError(f"{name}: DINOv2 with registers is not the Depth Anything V2 encoder")
+        raise CheckpointError(
+            f"{name}: a DINOv2 with registers ('register_tokens'): not supported (the released PPD "
+            "models' encoders, Depth Anything V2's and MoGe-2's dinov2_vit*14, have none)"
+        )
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     swiglu = "blocks.0.mlp.w12.weight" in sd
     fc1 = _require(sd, "blocks.0.mlp.w12.weight" if swiglu else "blocks.0.mlp.fc1.weight", name)
@@ -170,28 +194,123 @@ def infer_encoder_config(sd: Mapping[str, torch.Tensor], name: str = "<state dic
     )
 
 
-def load_semantic_encoder(source: StateSource, **overrides) -> SemanticEncoder:
-    """``depth_anything_v2_vit*.pth`` (its 'pretrained.*' part; 'depth_head.*' is not used) or a plain
-    DINOv2 state dict -> frozen SemanticEncoder. ``overrides`` e.g. ``num_heads`` for non-standard sizes."""
-    sd, name = read_state_dict(source)
-    sd = take_prefix(sd, "pretrained.", name, ignore=_UNUSED_ENCODER_PREFIXES)
-    sd = {k: v for k, v in sd.items() if k not in _UNUSED_ENCODER_KEYS}
-    if any(k.startswith("mlp.w12") or ".mlp.w12." in k for k in sd):  # DINOv2 SwiGLU names -> timm's
+def _timm_names(sd: dict, overrides: dict) -> tuple[dict, dict]:
+    """DINOv2's SwiGLU names (mlp.w12/w3, ViT-g) -> timm's; returns (state dict, dict for size inference)."""
+    if any(k.startswith("mlp.w12") or ".mlp.w12." in k for k in sd):
         sd = {k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2."): v for k, v in sd.items()}
         overrides.setdefault("swiglu", True)
-        cfg_src = {**sd, "blocks.0.mlp.w12.weight": sd["blocks.0.mlp.fc1.weight"]}
+        return sd, {**sd, "blocks.0.mlp.w12.weight": sd["blocks.0.mlp.fc1.weight"]}
+    return sd, sd
+
+
+def is_moge2_checkpoint(obj: object) -> bool:
+    return isinstance(obj, Mapping) and "model_config" in obj and "model" in obj
+
+
+def load_semantic_encoder(source: StateSource | Mapping, **overrides) -> SemanticEncoder:
+    """A semantic-encoder file (path) or its loaded content -> frozen SemanticEncoder, format by content:
+
+    - ``depth_anything_v2_vit*.pth`` (its 'pretrained.*' part; 'depth_head.*' is not used) or a plain
+      DINOv2 state dict -> ``kind="da2"`` (last-block tokens, width = the ViT's);
+    - MoGe-2's ``moge2.pt`` (``{"model_config": {"encoder": {"intermediate_layers", "dim_out", ...}},
+      "model": state_dict}``) -> ``kind="moge2"`` (projected intermediate layers, width ``dim_out``).
+
+    Sizes come from the weights; ``overrides`` e.g. ``num_heads`` for non-64-wide heads."""
+    if isinstance(source, Mapping):
+        obj, name = source, "<state dict>"
     else:
-        cfg_src = sd
-    cfg = infer_encoder_config(cfg_src, name) | overrides
+        obj, name = _read_object(source)
+    if is_moge2_checkpoint(obj):
+        enc = _load_moge2(obj, name, dict(overrides))
+    else:
+        if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+            raise CheckpointError(
+                f"{name}: has 'model' but no 'model_config': a MoGe-2 checkpoint needs both "
+                "({'model_config': {'encoder': {...}}, 'model': state_dict})"
+            )
+        sd, _ = _as_state_dict(obj, name) if not isinstance(source, Mapping) else (dict(obj), name)
+        sd = take_prefix(sd, "pretrained.", name, ignore=_UNUSED_ENCODER_PREFIXES)
+        sd = {k: v for k, v in sd.items() if k not in _UNUSED_ENCODER_KEYS}
+        overrides = dict(overrides)
+        sd, cfg_src = _timm_names(sd, overrides)
+        cfg = infer_encoder_config(cfg_src, name) | overrides
+        enc = SemanticEncoder(**cfg)
+        load_strict(enc.vit, sd, name)
+    if not isinstance(source, Mapping):
+        enc.origin = {"weights": name}
+    return enc
+
+
+def _load_moge2(obj: Mapping, name: str, overrides: dict) -> SemanticEncoder:
+    config = obj["model_config"]
+    enc_cfg = config.get("encoder") if isinstance(config, Mapping) else None
+    if not isinstance(enc_cfg, Mapping) or any(k not in enc_cfg for k in ("intermediate_layers", "dim_out")):
+        raise CheckpointError(
+            f"{name}: model_config['encoder'] must hold 'backbone', 'intermediate_layers' (int or list of "
+            f"block indices) and 'dim_out', got {dict(enc_cfg) if isinstance(enc_cfg, Mapping) else enc_cfg!r}"
+        )
+    backbone_name = str(enc_cfg.get("backbone", ""))
+    if "_reg" in backbone_name:
+        raise CheckpointError(
+            f"{name}: model_config['encoder']['backbone'] = {backbone_name!r} is a DINOv2 with registers: "
+            "not supported (the released PPD-MoGe2 uses dinov2_vitl14)"
+        )
+    sd = obj["model"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{name}: 'model' must be a state dict of tensors, got {type(sd).__name__}")
+    vit_sd, proj_sd, other = {}, {}, []
+    for k, v in sd.items():
+        if k.startswith(MOGE2_BACKBONE):
+            vit_sd[k[len(MOGE2_BACKBONE) :]] = v
+        elif k.startswith(MOGE2_PROJECTIONS):
+            proj_sd[k[len(MOGE2_PROJECTIONS) :]] = v
+        elif k in MOGE2_NORMALISATION_KEYS:
+            expected = torch.tensor(IMAGENET_MEAN if k.endswith("mean") else IMAGENET_STD)
+            if v.numel() != 3 or not torch.allclose(v.float().flatten(), expected, atol=1e-6):
+                raise CheckpointError(
+                    f"{name}: '{k}' = {v.flatten().tolist()}, expected the ImageNet {expected.tolist()}"
+                )
+        elif not k.startswith(MOGE2_IGNORED_PREFIXES):
+            other.append(k)
+    if other:
+        raise CheckpointError(f"{name}: unexpected keys in 'model': {_preview(other)}")
+    if not vit_sd:
+        raise CheckpointError(f"{name}: no '{MOGE2_BACKBONE}*' keys in 'model': not a MoGe-2 checkpoint")
+    vit_sd = {k: v for k, v in vit_sd.items() if k not in _UNUSED_ENCODER_KEYS}
+    vit_sd, cfg_src = _timm_names(vit_sd, overrides)
+    vit_name = f"{name} ('{MOGE2_BACKBONE}*')"
+    cfg = infer_encoder_config(cfg_src, vit_name)
+    layers, dim_out = enc_cfg["intermediate_layers"], enc_cfg["dim_out"]
+    if isinstance(layers, (list, tuple)):
+        layers = list(layers)
+    try:
+        chosen = resolve_layers(layers, cfg["depth"])
+    except ValueError as e:
+        raise CheckpointError(f"{name}: model_config['encoder']: {e}") from e
+    n_proj = len({k.split(".")[0] for k in proj_sd})
+    if n_proj != len(chosen):
+        raise CheckpointError(
+            f"{name}: model_config['encoder']['intermediate_layers'] = {layers!r} selects {len(chosen)} "
+            f"blocks but 'model' has {n_proj} '{MOGE2_PROJECTIONS}*' convolutions"
+        )
+    w = proj_sd.get("0.weight")
+    if w is not None and w.shape[0] != dim_out:
+        raise CheckpointError(
+            f"{name}: model_config['encoder']['dim_out'] = {dim_out} but "
+            f"'{MOGE2_PROJECTIONS}0.weight' has {w.shape[0]} output channels"
+        )
+    cfg = cfg | dict(kind="moge2", intermediate_layers=layers, dim_out=int(dim_out)) | overrides
     enc = SemanticEncoder(**cfg)
-    load_strict(enc.vit, sd, name)
+    load_strict(enc.vit, vit_sd, vit_name)
+    load_strict(enc.projections, proj_sd, f"{name} ('{MOGE2_PROJECTIONS}*')")
     return enc
 
 
 def load_pixel_perfect_depth(
     dit: StateSource, semantics: StateSource, steps: int = 4, **dit_overrides
 ) -> PixelPerfectDepth:
-    """Both released files -> a ready PixelPerfectDepth (eval mode)."""
+    """Both files of a released model -> a ready PixelPerfectDepth (eval mode): ``ppd.pth`` with
+    ``depth_anything_v2_vitl.pth``, or ``ppd_moge.pth`` with ``moge2.pt``."""
     return PixelPerfectDepth(
         load_dit(dit, **dit_overrides), load_semantic_encoder(semantics), steps=steps
     ).eval()

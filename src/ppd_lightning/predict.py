@@ -1,6 +1,7 @@
 """Depth and point clouds for your own images.
 
     python -m ppd_lightning.predict photos/*.jpg --dit ppd.pth --semantics depth_anything_v2_vitl.pth --out out/
+    python -m ppd_lightning.predict photos/*.jpg --dit ppd_moge.pth --semantics moge2.pt --out out/
     python -m ppd_lightning.predict photo.png --ckpt outputs/train/<run>/checkpoints/last.ckpt --out out/
 
 For every image ``<name>``: ``<name>_depth.npy`` (float32 H x W, the model's relative depth: normalised
@@ -63,7 +64,10 @@ def load_model(args: argparse.Namespace):
 
         return load_model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, encoder_weights=args.semantics)
     if not (args.dit and args.semantics):
-        raise SystemExit("error: give --dit ppd.pth and --semantics depth_anything_v2_vitl.pth, or --ckpt")
+        raise SystemExit(
+            "error: give --dit ppd.pth --semantics depth_anything_v2_vitl.pth, "
+            "or --dit ppd_moge.pth --semantics moge2.pt, or --ckpt"
+        )
     from ppd_lightning.official import load_pixel_perfect_depth
 
     return load_pixel_perfect_depth(args.dit, args.semantics)
@@ -73,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="+", help="image files or directories")
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--dit", help="released ppd.pth (or an exported .safetensors)")
-    ap.add_argument("--semantics", help="depth_anything_v2_vitl.pth (or overrides a checkpoint's encoder)")
+    ap.add_argument("--dit", help="released ppd.pth or ppd_moge.pth (or an exported .safetensors)")
+    ap.add_argument(
+        "--semantics",
+        help="its encoder: depth_anything_v2_vitl.pth or moge2.pt (with --ckpt: the encoder file at a new path)",
+    )
     ap.add_argument("--ckpt", help="one of our training checkpoints instead of --dit/--semantics")
     ap.add_argument("--no-ema", action="store_true", help="with --ckpt: the raw instead of the EMA weights")
     ap.add_argument("--steps", type=int, default=4, help="Euler steps (default 4)")

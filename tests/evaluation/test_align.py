@@ -195,3 +195,161 @@ def test_least_squares_max_resolution_fits_on_nearest_downsampled_maps():
     full = align_least_squares(pred, gt, mask)
     assert (full - out).abs().max() > 1e-3
     torch.testing.assert_close(align_least_squares(pred, gt, mask, max_resolution=90), full)
+
+
+# --- scikit-learn's sequential RANSAC semantics (issue 12) ---------------------------------------
+
+from ransac_data import A_TRUE, kitti_like, nyu_like, sequential_ransac, sklearn_pairs  # noqa: E402
+
+
+def _search(pred, gt, mask, pairs, **kw):
+    from ppd_lightning.evaluation.align import _fit_log_ransac  # the fit plus its search record
+
+    opts = dict(max_trials=1000, generator=None, stop_probability=0.99, max_score_points=None)
+    opts.update(kw)
+    return _fit_log_ransac(
+        pred,
+        gt,
+        mask,
+        opts["max_trials"],
+        opts["generator"],
+        opts["stop_probability"],
+        opts["max_score_points"],
+        64,
+        1 << 24,
+        pairs,
+    )
+
+
+def _xy(pred, gt, mask, i):
+    return pred[i][mask[i]].double().numpy(), np.log(gt[i][mask[i]].double().numpy() + 1.0)
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_log_ransac_matches_sklearn_on_its_sample_sequence_with_outliers(seed):
+    """KITTI-like sparse map with gross outliers that a tilted line collects: seed 1 is one where
+    scikit-learn's own first trials pick the wrong line, seed 4 one where the old chunked search
+    (best of the first 8 trials, then the stopping rule) picked a wrong line scikit-learn does not."""
+    pred, gt, mask = kitti_like(seed, h=176, w=608)
+    x, y = _xy(pred, gt, mask, 0)
+    pairs = sklearn_pairs(x.size, seed, 1000)
+    r = RANSACRegressor(max_trials=1000, random_state=seed).fit(x[:, None], y)
+    a, b, search = _search(pred, gt, mask, torch.as_tensor(pairs)[None])
+    assert search.n_trials.item() == r.n_trials_
+    assert search.n_inliers.item() == int(r.inlier_mask_.sum())
+    assert a.item() == pytest.approx(float(r.estimator_.coef_[0]), rel=1e-9)
+    assert b.item() == pytest.approx(float(r.estimator_.intercept_), rel=1e-9, abs=1e-9)
+
+
+def test_log_ransac_equals_plain_sequential_loop_on_noisy_batches():
+    """Same sample sequence -> the same winning trial, trial count and fit as the one-trial-at-a-time
+    loop, for every image of a batch that stops at different trials (dense noisy maps with 60 %
+    outliers: dozens of trials, several chunks, and the stop falls inside a chunk)."""
+    pred, gt, mask = nyu_like(3, b=4, h=48, w=64, noise=0.08, outliers=0.6)
+    n = mask.reshape(4, -1).sum(1)
+    g = np.random.RandomState(0)
+    pairs = np.stack(
+        [np.stack([g.choice(int(n.min()), 2, replace=False) for _ in range(300)]) for _ in range(4)]
+    )
+    a, b, search = _search(pred, gt, mask, torch.as_tensor(pairs), max_trials=300)
+    trials = []
+    for i in range(4):
+        x, y = _xy(pred, gt, mask, i)
+        a_ref, b_ref, k_ref, n_ref = sequential_ransac(x, y, pairs[i], max_trials=300)
+        trials.append(k_ref)
+        assert search.n_trials[i].item() == k_ref
+        assert search.n_inliers[i].item() == n_ref
+        assert search.a[i].item() == pytest.approx(a_ref, rel=1e-12)
+        assert search.b[i].item() == pytest.approx(b_ref, rel=1e-12, abs=1e-12)
+    assert len(set(trials)) > 1 and max(trials) > 8, trials  # not all stopping in the first chunk
+
+
+def test_log_ransac_stop_inside_a_chunk_discards_later_better_trials():
+    """A trial after the stopping point with more inliers must not win (the old chunked search took
+    the chunk's best). Trial 1 is a clean pair; trial 2 (after the stop at 2 trials) is a wrong line
+    that collects more inliers; a plain loop and scikit-learn stop after trial 2 and keep trial 1."""
+    pred, gt, mask = kitti_like(0, h=176, w=608)
+    x, y = _xy(pred, gt, mask, 0)
+    clean = np.flatnonzero(np.abs(y - (A_TRUE * x + 0.4)) < 1e-9)
+    bad = np.flatnonzero(np.abs(y - (A_TRUE * x + 0.4)) > 0.5)
+    # find a (clean, outlier) pair whose line beats the true line's inlier count
+    thr = np.median(np.abs(y - np.median(y)))
+    true_cnt = int((np.abs(y - (A_TRUE * x + 0.4)) <= thr).sum())
+    wrong = None
+    for j in bad[:200]:
+        i = clean[np.argmin(np.abs(x[clean] - np.median(x)))]
+        sl = (y[j] - y[i]) / (x[j] - x[i])
+        if (np.abs(y - (sl * x + y[i] - sl * x[i])) <= thr).sum() > true_cnt:
+            wrong = (i, j)
+            break
+    assert wrong is not None
+    seq = np.array([[clean[0], clean[-1]], [clean[1], clean[-2]], list(wrong)] + [[clean[2], clean[3]]] * 5)
+    a, b, search = _search(pred, gt, mask, torch.as_tensor(seq)[None])
+    a_ref, _, k_ref, _ = sequential_ransac(x, y, seq)
+    assert k_ref == 2 and search.n_trials.item() == 2
+    assert search.best_trial.item() in (0, 1)
+    assert search.a.item() == pytest.approx(A_TRUE, rel=1e-6)  # the winning line is the true one
+    # more trials allowed by a stricter rule: the wrong line is reached and wins, as in the loop
+    a3, _, s3 = _search(pred, gt, mask, torch.as_tensor(seq)[None], stop_probability=0.999999)
+    assert s3.best_trial.item() == 2 and abs(a3.item() - a.item()) > 0.01
+    assert sequential_ransac(x, y, seq, p=0.999999)[0] == pytest.approx(s3.a.item(), rel=1e-12)
+
+
+def test_log_ransac_degenerate_pair_is_a_horizontal_line_not_a_skip():
+    """Two samples with the same prediction: scikit-learn's LinearRegression fits the horizontal
+    line through their mean and the trial counts (it is not skipped)."""
+    pred = torch.tensor([[[0.0, 0.0, 1.0, 2.0, 3.0, 4.0]]])
+    gt = torch.expm1(torch.tensor([[[1.0, 1.2, 1.1, 1.05, 5.0, 9.0]]]))
+    mask = torch.ones_like(pred, dtype=torch.bool)
+    x, y = _xy(pred, gt, mask, 0)
+    seq = np.array([[0, 1], [4, 5], [2, 3]])
+    _, _, search = _search(pred, gt, mask, torch.as_tensor(seq)[None], max_trials=3)
+    a_ref, b_ref, k_ref, n_ref = sequential_ransac(x, y, seq, max_trials=3)
+    assert search.n_trials.item() == k_ref == 3
+    assert (search.a.item(), search.n_inliers.item()) == (pytest.approx(a_ref), n_ref)
+    assert search.b.item() == pytest.approx(b_ref)
+
+
+def test_log_ransac_samples_argument_is_checked():
+    pred, gt, mask = nyu_like(0, b=2, h=8, w=8)
+    with pytest.raises(ValueError, match="shape"):
+        fit_log_ransac(pred, gt, mask, samples=torch.zeros(3, 4, 2, dtype=torch.long))
+    bad = torch.zeros(2, 4, 2, dtype=torch.long)
+    bad[:, :, 1] = 1
+    bad[1, 2] = torch.tensor([3, 3])
+    with pytest.raises(ValueError, match="image 1"):
+        fit_log_ransac(pred, gt, mask, samples=bad)
+    bad[1, 2] = torch.tensor([0, 10_000])
+    with pytest.raises(ValueError, match="distinct indices"):
+        fit_log_ransac(pred, gt, mask, samples=bad)
+
+
+def test_log_ransac_public_api_gives_sklearn_answer_on_noisy_dense_maps(monkeypatch):
+    """Through ``align_log_ransac``'s own sampler (replaying scikit-learn's sample sequence): a
+    dense map with prediction noise and 5 % outliers, where every trial has a different inlier
+    count, so keeping the best of a chunk of 8 before applying the stopping rule (old code) picks
+    another trial than scikit-learn, which stops after 2."""
+    import ppd_lightning.evaluation.align as align_mod
+
+    pred, gt, mask = nyu_like(6, h=60, w=80, noise=0.05)
+    x, y = _xy(pred, gt, mask, 0)
+    r = RANSACRegressor(max_trials=1000, random_state=6).fit(x[:, None], y)
+    pairs = torch.as_tensor(sklearn_pairs(x.size, 6, 1000))
+    state = {"k": 0, "i1": None}
+
+    def replay(n, shape, generator, device):  # i1 then i2 (shifted past i1) of the next trials
+        t, k = shape[0], state["k"]
+        if state["i1"] is None:
+            state["i1"] = pairs[k : k + t, 0][None]
+            return state["i1"]
+        i1, i2 = state["i1"], pairs[k : k + t, 1][None]
+        state["i1"], state["k"] = None, k + t
+        return i2 - (i2 > i1).long()
+
+    monkeypatch.setattr(align_mod, "_randint_below", replay)
+    a, b = fit_log_ransac(pred, gt, mask)
+    assert r.n_trials_ < 8  # the stop falls inside the first chunk
+    assert a.item() == pytest.approx(float(r.estimator_.coef_[0]), rel=1e-9)
+    assert b.item() == pytest.approx(float(r.estimator_.intercept_), rel=1e-9, abs=1e-9)
+    out = align_log_ransac(pred, gt, mask)
+    assert out.shape == pred.shape

@@ -75,7 +75,10 @@ def test_split_file_restricts_orders_and_skips_none(tmp_path):
     split.write_text(f"{names[0]}\n{names[1]} None\n")  # rgb only: depth derived; None: skipped
     assert [p[0] for p in build_benchmark("scannet", root, split=split).pairs] == [names[0]]
     split.write_text("scene9/color/1.jpg\n")
-    with pytest.raises(BenchmarkLayoutError, match="scene9/color/1.jpg not found"):
+    with pytest.raises(
+        BenchmarkLayoutError,
+        match=r"1 of 1 listed files are missing from .*\n  scene9/color/1.jpg \(line 1\)",
+    ):
         build_benchmark("scannet", root, split=split)
 
 

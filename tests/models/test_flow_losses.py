@@ -142,3 +142,38 @@ def test_gradient_loss_ignores_offset_and_penalises_blur():
     assert loss(blurred, gt, m2).item() < 1e-6
     with pytest.raises(ValueError):
         MultiScaleGradientLoss(scales=0)
+
+
+def test_training_timesteps_are_the_release_integers_unless_asked_otherwise():
+    g = torch.Generator().manual_seed(0)
+    t = LogitNormalTimesteps()(5000, generator=g)
+    k = t * 1000
+    assert (k - k.round()).abs().max() < 1e-3 and k.min() >= 0 and k.max() <= 1000
+    assert len(k.unique()) > 200  # still spread over the grid
+    mixed = LogitNormalTimesteps(uniform_fraction=0.5)(5000, generator=g) * 1000
+    assert (mixed - mixed.round()).abs().max() < 1e-3
+    coarse = LogitNormalTimesteps(grid=10)(1000, generator=g) * 10
+    assert (coarse - coarse.round()).abs().max() < 1e-5
+    free = LogitNormalTimesteps(grid=None)(1000, generator=g) * 1000
+    assert (free - free.round()).abs().max() > 0.1
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="timestep grid"):
+            LogitNormalTimesteps(grid=bad)
+
+
+def test_release_depth_valid_range_clipping_and_sky():
+    tf = DepthTargetTransform()
+    depth = torch.tensor([[[[0.0, 0.05, 0.1, 0.5, 79.9, 80.0, 150.0, float("nan")]]]])
+    mask = torch.tensor([[[[False, True, True, True, True, True, True, True]]]])
+    sky = torch.tensor([[[[True, False, False, False, False, False, False, False]]]])
+    d, loss_mask = tf.release_depth(depth, mask, sky)
+    assert loss_mask.tolist() == [[[[True, False, False, True, True, False, False, False]]]]
+    torch.testing.assert_close(d, torch.tensor([[[[81.0, 0.1, 0.1, 0.5, 79.9, 80.0, 80.0, 0.1]]]]))
+    d2, m2 = tf.release_depth(depth, mask, None)  # no sky key: the sky pixel is just invalid
+    assert not m2[0, 0, 0, 0] and d2[0, 0, 0, 0] == 0.1
+    # other ranges are configurable
+    depth[0, 0, 0, 3] = 30.0
+    narrow = DepthTargetTransform(min_depth=1.0, max_depth=60.0, sky_margin=5.0)
+    d3, m3 = narrow.release_depth(depth, mask, sky)
+    assert d3[0, 0, 0, 0] == 65.0 and d3[0, 0, 0, 4] == 60.0 and d3[0, 0, 0, 2] == 1.0
+    assert m3.flatten().nonzero().flatten().tolist() == [0, 3]

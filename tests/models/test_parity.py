@@ -145,3 +145,60 @@ def test_full_size_models_have_the_released_keys_and_sizes():
     assert {k: tuple(v.shape) for k, v in enc.vit.state_dict().items()} == released_enc
     n_enc = sum(p.numel() for p in enc.vit.parameters())
     assert n_enc in (totals["encoder"], totals["encoder"] - 1024)  # with or without mask_token
+
+
+# --- PPD-MoGe2: MoGe-2 semantics (moge2_semantics*.json, moge2_pipeline*.json) -------------------------
+
+
+def _moge2_cases(prefix):
+    root = reference_dir()
+    if not root.is_dir():
+        pytest.fail(f"reference fixtures not found at {root}: set PPD_REFERENCE_DIR")
+    return [pytest.param(p, id=p.stem) for p in sorted(root.glob(f"{prefix}*.json"))]
+
+
+def _moge2_file(meta, tensors, tmp_path):
+    """The fixture's 'model.*' tensors and model_config, written as a real moge2.pt."""
+    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    path = tmp_path / "moge2.pt"
+    torch.save({"model_config": meta["model_config"], "model": model}, path)
+    return path
+
+
+def _check_moge2_sizes(meta, enc):
+    enc_cfg = meta["model_config"]["encoder"]
+    assert enc.kind == "moge2" and enc.dim_out == enc_cfg["dim_out"]
+    backbone = meta.get("backbone")
+    if backbone:
+        assert enc.embed_dim == backbone["embed_dim"] and len(enc.vit.blocks) == backbone["depth"]
+        assert enc.patch_size == backbone["patch_size"]
+        assert enc.vit.blocks[0].attn.num_heads == backbone["num_heads"]
+
+
+@pytest.mark.parametrize("meta_path", _moge2_cases("moge2_semantics"))
+def test_moge2_semantics_match_official(meta_path, tmp_path):
+    meta = json.loads(meta_path.read_text())
+    t = load_file(str(meta_path.with_suffix(".safetensors")))
+    enc = load_semantic_encoder(_moge2_file(meta, t, tmp_path))  # sizes and heads from the weights
+    _check_moge2_sizes(meta, enc)
+    image = t["input.image"]
+    if "input_hw" in meta:
+        assert list(image.shape[-2:]) == meta["input_hw"]
+    out = enc(image)
+    assert out.shape == t["output.semantics"].shape
+    assert _rel(out, t["output.semantics"]) < TOL
+
+
+@pytest.mark.parametrize("meta_path", _moge2_cases("moge2_pipeline"))
+def test_moge2_pipeline_depth_matches_official(meta_path, tmp_path):
+    meta, t, state = _load(meta_path)
+    steps = meta["sampling_steps"]
+    if "timesteps" in meta:
+        assert official_timesteps(steps).tolist() == meta["timesteps"]
+    dit = load_dit(_via_file(state, tmp_path, "pth", "ppd_moge"))
+    enc = load_semantic_encoder(_moge2_file(meta, t, tmp_path))
+    _check_moge2_sizes(meta, enc)
+    assert dit.semantic_dim == enc.dim_out
+    depth = PixelPerfectDepth(dit, enc).sample(t["input.image"], steps=steps, noise=t["input.noise"])
+    assert depth.shape == t["output.depth"].shape
+    assert _rel(depth, t["output.depth"]) < TOL

@@ -36,8 +36,17 @@ def vitl_like_encoder(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def moge2_like_encoder(tmp_path_factory):
+    """A moge2.pt-format file with a 1024-wide read-out (the DiT's semantic width) on a tiny ViT."""
+    from model_helpers import save_moge2
+
+    path = tmp_path_factory.mktemp("weights") / "moge2.pt"
+    return save_moge2(path, embed_dim=64, depth=1, intermediate_layers=1, dim_out=1024)
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_instantiates(experiment, vitl_like_encoder, tmp_path):
+def test_every_experiment_composes_and_instantiates(experiment, moge2_like_encoder, tmp_path):
     cfg = _compose([f"experiment={experiment}", f"paths.data_dir={tmp_path}"])
     OmegaConf.resolve(cfg.model)
     if experiment in ("pretrain_512", "finetune_1024", "cascade_dit"):
@@ -45,7 +54,9 @@ def test_every_experiment_composes_and_instantiates(experiment, vitl_like_encode
         assert (
             cfg.model.dit.hidden_size == 1024 and cfg.model.dit.depth == 24 and cfg.model.dit.num_heads == 16
         )
-        assert cfg.model.dit.semantic_dim == 1024 and cfg.model.dit.variant == "cascade"
+        # the release's configs prompt with MoGe-2; the DiT's semantic width follows the file's dim_out
+        assert cfg.model.encoder.kind == "moge2" and cfg.model.dit.semantic_dim is None
+        assert cfg.model.dit.variant == "cascade"
         assert cfg.model.optimizer.lr == 1e-4 and cfg.model.optimizer.weight_decay == 0.0
         assert OmegaConf.is_missing(cfg.model.encoder, "weights")  # the weights must be given
         assert cfg.trainer.strategy._target_.endswith("DDPStrategy")
@@ -56,8 +67,14 @@ def test_every_experiment_composes_and_instantiates(experiment, vitl_like_encode
         if stage2:
             assert [s.weight for s in cfg.data.train_sources] == [0.5, 0.15, 0.15, 0.1, 0.1]
         with open_dict(cfg):  # instantiate at a small width with a real-format encoder file
-            cfg.model.encoder.weights = str(vitl_like_encoder)
+            cfg.model.encoder.weights = str(moge2_like_encoder)
             cfg.model.dit.update(hidden_size=64, depth=2, num_heads=2)
+            cfg.trainer.update(accelerator="cpu", devices=1, precision="32-true")
+    if experiment == "finetune_own":  # the released model on own data (tests/data/test_finetune_own.py runs it)
+        assert cfg.model.optimizer.lr == 1e-5 and cfg.model.dit.hidden_size == 1024 and cfg.model.val_sets == ["own"]
+        with open_dict(cfg):  # instantiate at a small width with the seeded random test encoder
+            cfg.model.encoder = {"allow_random": True, "embed_dim": 32, "depth": 1, "num_heads": 2}
+            cfg.model.dit.update(hidden_size=64, depth=2, num_heads=2, semantic_dim=32)
             cfg.trainer.update(accelerator="cpu", devices=1, precision="32-true")
     if experiment == "ablation":
         assert cfg.hydra.sweeper.params.model == "vanilla_dit,sp_dit,cascade_dit"
@@ -70,8 +87,23 @@ def test_every_experiment_composes_and_instantiates(experiment, vitl_like_encode
         model = hydra.utils.instantiate(cfg.model)
     assert isinstance(model, PPDLightningModule)
     assert model.dit.variant == cfg.model.dit.variant
+    if experiment in ("pretrain_512", "finetune_1024", "cascade_dit"):
+        assert model.encoder.kind == "moge2" and model.dit.semantic_dim == 1024
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("experiment", ["pretrain_512", "finetune_1024"])
+def test_depth_anything_semantics_are_one_override_away(experiment, vitl_like_encoder, tmp_path):
+    cfg = _compose([f"experiment={experiment}", "encoder=vitl", f"paths.data_dir={tmp_path}"])
+    assert cfg.model.encoder.kind == "da2" and cfg.model.dit.semantic_dim == 1024
+    with open_dict(cfg):
+        cfg.model.encoder.weights = str(vitl_like_encoder)
+        cfg.model.dit.update(hidden_size=64, depth=2, num_heads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = hydra.utils.instantiate(cfg.model)
+    assert model.encoder.kind == "da2" and model.dit.semantic_dim == 1024
 
 
 @pytest.mark.parametrize(
@@ -84,7 +116,7 @@ def test_every_experiment_composes_and_instantiates(experiment, vitl_like_encode
         ("callbacks", ["default", "none"]),
         ("debug", ["fdr", "overfit", "limit"]),
         ("data", ["synthetic", "hypersim_512", "mix_1024"]),
-        ("encoder", ["random_tiny", "vits", "vitb", "vitl", "vitg"]),
+        ("encoder", ["random_tiny", "vits", "vitb", "vitl", "vitg", "moge2"]),
     ],
 )
 def test_every_group_option_composes(group, options, tmp_path):
@@ -94,7 +126,7 @@ def test_every_group_option_composes(group, options, tmp_path):
         if group == "model_size":
             assert cfg.model.dit.hidden_size % cfg.model.dit.num_heads == 0
         if group == "encoder" and option != "random_tiny":
-            width = {"vits": 384, "vitb": 768, "vitl": 1024, "vitg": 1536}[option]
+            width = {"vits": 384, "vitb": 768, "vitl": 1024, "vitg": 1536, "moge2": None}[option]
             assert cfg.model.dit.semantic_dim == width
 
 

@@ -179,13 +179,39 @@ def test_cosine_schedule_spans_the_optimizer_steps_the_trainer_counts():
     assert final_lr(total_steps=12) > 5e-4  # an explicit total is kept as given
 
 
-def test_sky_is_valid_and_beyond_the_farthest_depth():
-    m = make_module()
-    b = toy_batch()
-    depth, mask = m.depth_and_mask(b)
-    assert mask[:, :, :3].all()
-    far = b["depth"][b["mask"]].max()
-    assert (depth[:, :, :3] > far).all() and (depth[:, :, :3] < far * 1.1 + 1).all()
+def test_training_step_is_the_release_objective_on_rounded_timesteps(monkeypatch):
+    """One implementation: the module hands its batch, noise and integer-valued t to ``training_loss`` and
+    logs what it returns; sky is valid at 81 m (old code: 1.05 x the farthest depth, in the quantiles)."""
+    import ppd_lightning.training.module as module_mod
+    from ppd_lightning.objective import training_loss
+
+    calls = []
+
+    def spy(dit, encoder, batch, **kw):
+        out = training_loss(dit, encoder, batch, **kw)
+        calls.append((batch, kw, out))
+        return out
+
+    monkeypatch.setattr(module_mod, "training_loss", spy)
+    m = make_module(grad_loss_weight=0.2)
+    trainer = fit(m, [toy_batch(seed=0)])
+    assert len(calls) == 1
+    batch, kw, out = calls[0]
+    assert kw["grad_loss_weight"] == 0.2 and kw["target"] is m.target
+    t = kw["t"]
+    assert t.shape == (2,) and ((t * 1000) - (t * 1000).round()).abs().max() < 1e-3  # integer timesteps
+    assert kw["noise"].shape == batch["depth"].shape
+    assert out["loss_mask"][:, :, :3].all() and (out["target"][:, :, :3] == 0.5).all()
+    logged = trainer.callback_metrics
+    assert float(logged["train/loss"]) == pytest.approx(float(out["loss"]))
+    assert float(logged["train/loss_gradient"]) == pytest.approx(float(out["loss_gradient"]))
+
+
+def test_continuous_timesteps_and_a_uniform_share_stay_options():
+    m = make_module(timesteps=dict(grid=None, uniform_fraction=0.3))
+    t = m.timesteps(4000, generator=torch.Generator().manual_seed(0))
+    assert ((t * 1000) - (t * 1000).round()).abs().max() > 0.1
+    assert (t > 0.95).float().mean() > 0.01  # the uniform share reaches t near 1
 
 
 @pytest.mark.parametrize(

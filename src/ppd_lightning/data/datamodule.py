@@ -33,6 +33,9 @@ import torch
 import webdataset as wds
 
 from .stream import DepthShardStream, NoReadableSamplesError, _check_local_shards, collate, parse_sources
+from .transforms import ReleaseResize
+
+PIPELINES = ("augment", "release")
 
 __all__ = ["DepthShardDataModule", "DepthShardStream", "NoReadableSamplesError", "collate", "parse_sources"]
 
@@ -75,7 +78,11 @@ class DepthShardDataModule(L.LightningDataModule):
         epoch_batches: training batches per epoch per rank.
         shuffle_buffer: raw (still encoded) samples held per worker for shuffling.
         seed: base seed; streams differ per rank, worker and epoch.
-        scale_range, hflip: training augmentation (see ``CropResize``).
+        pipeline: ``augment`` (default): this project's augmentation, random scale + crop + flip (see
+            ``CropResize``; ``scale_range``, ``hflip``); ``release``: the release's pipeline, a plain resize to
+            the size, no flip or jitter, except the datasets in ``crop_from`` (see ``ReleaseResize``).
+        crop_from: ``{dataset: [H, W]}`` for ``pipeline=release``: resize those to [H, W], then crop (random
+            in training, centred in validation); the paper: ``{unrealstereo4k: [1024, 1920]}``.
         return_keys: also put ``key`` (list of ``"<shard>/<sample key>"``) in batches.
     """
 
@@ -96,8 +103,16 @@ class DepthShardDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         prefetch_factor: int = 2,
         return_keys: bool = False,
+        pipeline: str = "augment",
+        crop_from: dict[str, list[int]] | None = None,
     ):
         super().__init__()
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+        if crop_from and pipeline != "release":
+            raise ValueError(
+                "crop_from is part of pipeline=release; with pipeline=augment every set is cropped"
+            )
         for name, size in (("train_size", train_size), ("val_size", val_size)):
             if len(size) != 2 or min(int(x) for x in size) < 1:
                 raise ValueError(f"{name} must be [H, W] with positive ints, got {size!r}")
@@ -118,6 +133,11 @@ class DepthShardDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.prefetch_factor = int(prefetch_factor)
         self.return_keys = bool(return_keys)
+        self.pipeline = pipeline
+        self.crop_from = {str(k): [int(v[0]), int(v[1])] for k, v in dict(crop_from or {}).items()}
+        if pipeline == "release":  # built here so a bad crop_from fails at construction
+            for size in (self.train_size, self.val_size):
+                ReleaseResize(size, crop_from=self.crop_from)
         self.corrupt_count = 0  # skips seen in batches that reached this process
         self.rank, self.world_size = 0, 1
         self._train_ds: DepthShardStream | None = None
@@ -140,10 +160,24 @@ class DepthShardDataModule(L.LightningDataModule):
                 shuffle_buffer=self.shuffle_buffer,
                 scale_range=self.scale_range,
                 hflip=self.hflip,
+                transform=self._release(self.train_size, train=True),
                 **common,
             )
         if val:
-            self._val_ds = DepthShardStream(val, self.val_size, self.val_batch_size, train=False, **common)
+            self._val_ds = DepthShardStream(
+                val,
+                self.val_size,
+                self.val_batch_size,
+                train=False,
+                transform=self._release(self.val_size, train=False),
+                **common,
+            )
+
+    def _release(self, size: tuple[int, int], train: bool) -> ReleaseResize | None:
+        """The release pipeline's transform, or None (the stream's default augmentation)."""
+        if self.pipeline != "release":
+            return None
+        return ReleaseResize(size, train=train, crop_from=self.crop_from)
 
     def _trainer_epoch(self) -> int | None:
         trainer = getattr(self, "trainer", None)

@@ -99,6 +99,7 @@ class DepthShardStream(IterableDataset):
         scale_range: tuple[float, float] = (1.0, 1.25),
         hflip: float = 0.5,
         return_keys: bool = False,
+        transform=None,
     ):
         super().__init__()
         if not sources:
@@ -109,7 +110,10 @@ class DepthShardStream(IterableDataset):
         self.rank, self.world_size = int(rank), int(world_size)
         self.seed = int(seed)
         self.shuffle_buffer = int(shuffle_buffer)
-        self.transform = CropResize(tuple(size), train=train, scale_range=tuple(scale_range), hflip=hflip)
+        # ``transform(sample, rng)``, e.g. ReleaseResize; default: the CropResize augmentation
+        self.transform = transform or CropResize(
+            tuple(size), train=train, scale_range=tuple(scale_range), hflip=hflip
+        )
         self.return_keys = return_keys
         # Set by the loader in the main process before each pass (the trainer's epoch, or a pass count);
         # training workers are not persistent, so each pass's workers see the new value.

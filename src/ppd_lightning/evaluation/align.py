@@ -22,6 +22,8 @@ one valid pixel) or with the fallback (RANSAC).
 from __future__ import annotations
 
 import math
+import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -172,6 +174,196 @@ def _randint_below(n: torch.Tensor, shape: tuple[int, ...], generator, device) -
     return torch.minimum(k, (n.view(view) - 1).clamp_min(0))
 
 
+_EPS64 = sys.float_info.epsilon  # numpy's np.spacing(1), scikit-learn's _EPSILON
+_EPS32 = 2.0**-24
+
+
+def _dynamic_max_trials(n_inliers: torch.Tensor, n_samples: torch.Tensor, probability: float) -> torch.Tensor:
+    """scikit-learn's ``_dynamic_max_trials`` for 2-point samples, elementwise (float64)."""
+    nom = max(_EPS64, 1.0 - probability)
+    if nom == 1.0:
+        return torch.zeros_like(n_inliers, dtype=torch.float64)
+    ratio = n_inliers.to(torch.float64) / n_samples.to(torch.float64)
+    denom = (1.0 - ratio**2).clamp_min(_EPS64)
+    bound = torch.ceil(math.log(nom) / torch.log(denom)).abs()
+    return torch.where(denom == 1.0, torch.full_like(bound, math.inf), bound)
+
+
+def _two_point_lines(x1, x2, y1, y2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``LinearRegression`` on two points (float64): the line through them, or the horizontal line
+    through their mean when ``x1 == x2`` (scikit-learn's minimum-norm solution; no trial is skipped)."""
+    xm, ym = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
+    dx1, dx2 = x1 - xm, x2 - xm
+    sxx = dx1 * dx1 + dx2 * dx2
+    ok = sxx > 0
+    a = torch.where(
+        ok, (dx1 * (y1 - ym) + dx2 * (y2 - ym)) / torch.where(ok, sxx, 1.0), torch.zeros_like(sxx)
+    )
+    return a, ym - a * xm
+
+
+def _inlier_r2(rows, a, b, xs, ys, ms, thr, max_elements) -> torch.Tensor:
+    """R^2 of the lines ``(a[k], b[k])`` on their own inliers in row ``rows[k]`` (float64), as
+    ``estimator.score(X_inlier, y_inlier)`` in scikit-learn: 1 - ss_res / ss_tot, 1 (0) when ss_tot
+    is 0 and ss_res is (not) 0. Fewer than 2 inliers: scikit-learn's score is NaN, which never
+    loses a tie; it is returned as +inf (only other such trials can tie with it)."""
+    out = []
+    step = max(1, max_elements // max(1, ys.shape[1]))
+    for s in range(0, rows.shape[0], step):
+        r_k, a_k, b_k = rows[s : s + step], a[s : s + step, None], b[s : s + step, None]
+        y = ys[r_k]
+        res = y - (a_k * xs[r_k].to(torch.float64) + b_k)
+        inl = (res.abs() <= thr[r_k][:, None]) & ms[r_k]
+        w = inl.to(torch.float64)
+        cnt = w.sum(1)
+        y_mean = (torch.where(inl, y, 0.0)).sum(1) / cnt.clamp_min(1)
+        ss_tot = (torch.where(inl, y - y_mean[:, None], 0.0) ** 2).sum(1)
+        ss_res = (torch.where(inl, res, 0.0) ** 2).sum(1)
+        r2 = 1.0 - ss_res / torch.where(ss_tot > 0, ss_tot, 1.0)
+        r2 = torch.where(ss_tot > 0, r2, (ss_res == 0).to(torch.float64))
+        out.append(torch.where(cnt < 2, torch.full_like(r2, math.inf), r2))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=ys.device)
+
+
+@dataclass
+class RansacSearch:
+    """Outcome of the trial loop per image (all shape (B,)): the winning 2-point line ``a, b``
+    (float64, NaN where no trial was accepted), its inlier count on the scored pixels, the number
+    of trials run (scikit-learn's ``n_trials_``) and the 0-based index of the winning trial (-1: none)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    n_inliers: torch.Tensor
+    n_trials: torch.Tensor
+    best_trial: torch.Tensor
+
+
+def _ransac_search(
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    ms: torch.Tensor,
+    n_score: torch.Tensor,
+    xc: torch.Tensor,
+    yc: torch.Tensor,
+    n: torch.Tensor,
+    thr: torch.Tensor,
+    max_trials: int,
+    generator: torch.Generator | None,
+    stop_probability: float,
+    samples: torch.Tensor | None,
+    chunk_trials: int,
+    max_chunk_elements: int,
+) -> RansacSearch:
+    """The trial loop of scikit-learn's ``RANSACRegressor.fit``, batched over images and trials.
+
+    Samples are drawn from the packed valid pixels ``xc, yc`` (float32 / float64, ``n`` per row);
+    inliers are counted on the scored pixels ``xs, ys, ms`` (``n_score`` per row). A chunk of trials
+    is evaluated at once, then scanned in trial order with scikit-learn's rules: a trial replaces
+    the best when it has more inliers, or as many and an R^2 (on its inliers) at least as high;
+    after each accepted trial the bound becomes ``_dynamic_max_trials`` of the best's inlier ratio,
+    and an image stops at the first trial ``k >= min(max_trials, bound)``. Trials after the stop
+    are discarded, so the result is the sequential procedure's on the same sample sequence.
+    """
+    bsz, device = xs.shape[0], xs.device
+    f64 = torch.float64
+    # inliers are counted in float32 on centred data; pixels whose float32 residual is within a
+    # rounding bound of the threshold are re-tested in float64, so counts are the float64 ones
+    cx = (sum_f64(torch.where(ms, xs, 0.0)) / n_score.clamp_min(1)).to(torch.float32)
+    cy = sum_f64(torch.where(ms, ys, 0.0)) / n_score.clamp_min(1)
+    xs32 = torch.where(ms, xs - cx[:, None], 0.0)
+    ys32 = torch.where(ms, (ys - cy[:, None]).to(torch.float32), math.inf)  # padding: never an inlier
+    x_max = xs32.abs().amax(1).to(f64) if xs32.numel() else torch.zeros(bsz, dtype=f64, device=device)
+    y_max = torch.where(ms, ys32.abs(), 0.0).amax(1).to(f64) if ys32.numel() else x_max
+
+    best_cnt = torch.ones(bsz, dtype=torch.long, device=device)  # scikit-learn starts at 1
+    best_score = torch.full((bsz,), -math.inf, dtype=f64, device=device)
+    best_known = torch.ones(bsz, dtype=torch.bool, device=device)  # is best_score computed?
+    best_a = torch.full((bsz,), math.nan, dtype=f64, device=device)
+    best_b = torch.full((bsz,), math.nan, dtype=f64, device=device)
+    best_trial = torch.full((bsz,), -1, dtype=torch.long, device=device)
+    n_trials = torch.zeros(bsz, dtype=torch.long, device=device)
+    done = n < 2
+    limit = max_trials if samples is None else min(max_trials, samples.shape[1])
+    trials_done = 0
+    npts = xs.shape[1]
+    chunk = max(1, min(chunk_trials, max_chunk_elements // max(1, bsz * npts)))
+    step = min(8, chunk)  # grows geometrically: clean images stop after the first trial
+    while trials_done < limit and not bool(done.all()):
+        t = min(step, limit - trials_done)
+        step = min(2 * step, chunk)
+        if samples is None:  # two distinct valid pixels per trial
+            i1 = _randint_below(n, (t,), generator, device)
+            i2 = _randint_below((n - 1).clamp_min(1), (t,), generator, device)
+            i2 = i2 + (i2 >= i1).long()
+        else:
+            i1 = samples[:, trials_done : trials_done + t, 0]
+            i2 = samples[:, trials_done : trials_done + t, 1]
+        x1, x2 = xc.gather(1, i1).to(f64), xc.gather(1, i2).to(f64)
+        a, b = _two_point_lines(x1, x2, yc.gather(1, i1), yc.gather(1, i2))
+        b_c = b + a * cx[:, None].to(f64) - cy[:, None]  # the line in centred coordinates
+        # (B, t, P) |residual| in float32
+        res = torch.baddbmm(
+            b_c.to(torch.float32)[:, :, None], a.to(torch.float32)[:, :, None], xs32[:, None, :]
+        )
+        res.sub_(ys32[:, None, :]).abs_()
+        margin = 8 * _EPS32 * (y_max[:, None] + a.abs() * x_max[:, None] + b_c.abs() + thr[:, None]) + 1e-30
+        lo = (thr[:, None] - margin).to(torch.float32)[:, :, None]
+        hi = (thr[:, None] + margin).to(torch.float32)[:, :, None]
+        cnt = (res <= lo).sum(2)
+        unsure = (res <= hi).sum(2) > cnt
+        if bool(unsure.any()):
+            bi, ti, pi = ((res > lo) & (res <= hi) & unsure[:, :, None]).nonzero(as_tuple=True)
+            r64 = ys[bi, pi] - (a[bi, ti] * xs[bi, pi].to(f64) + b[bi, ti])
+            cnt.index_put_((bi, ti), (r64.abs() <= thr[bi]).long(), accumulate=True)
+        del res
+
+        # sequential scan; item 0 is the best so far, items 1..t this chunk's trials in order.
+        # The best's count after each trial is the running maximum of the counts (a trial is
+        # accepted with more inliers, or as many and an R^2 at least as high), so the stopping
+        # bound, hence where each image stops, needs no score
+        cnt_all = torch.cat([best_cnt[:, None], cnt], 1)
+        level_all = cnt_all.cummax(1).values
+        order = torch.arange(t + 1, device=device)
+        accepted = ((cnt >= 1).cummax(1).values) | (best_trial >= 0)[:, None]
+        bound = _dynamic_max_trials(level_all[:, 1:], n_score[:, None], stop_probability)
+        bound = torch.where(accepted, bound, torch.full_like(bound, math.inf)).clamp_max(max_trials)
+        k = trials_done + 1 + order[:t].to(f64)
+        stop = k[None, :] >= bound
+        stops = stop.any(1)
+        end = torch.where(stops, stop.to(torch.int8).argmax(1), t - 1)
+        # the best at the stop: among the items up to it with the final count, the highest R^2,
+        # the latest on an exact tie; R^2 is computed only where two or more such items compete
+        level = level_all.gather(1, (end + 1)[:, None])
+        eligible = (cnt_all == level) & (order[None, :] <= (end + 1)[:, None]) & ~done[:, None]
+        score_all = torch.full((bsz, t + 1), -math.inf, dtype=f64, device=device)
+        score_all[:, 0] = best_score
+        known_all = torch.zeros((bsz, t + 1), dtype=torch.bool, device=device)
+        known_all[:, 0] = best_known
+        need = eligible & (eligible.sum(1, keepdim=True) > 1) & ~known_all
+        if bool(need.any()):
+            rows, items = need.nonzero(as_tuple=True)
+            a_all = torch.cat([best_a[:, None], a], 1)
+            b_all = torch.cat([best_b[:, None], b], 1)
+            score_all[rows, items] = _inlier_r2(
+                rows, a_all[rows, items], b_all[rows, items], xs, ys, ms, thr, max_chunk_elements
+            )
+            known_all[rows, items] = True
+        rank = torch.where(eligible, score_all, -math.inf).argsort(dim=1, stable=True).argsort(dim=1)
+        pick = torch.where(eligible, rank, -1).argmax(1)
+        upd = ~done & (pick > 0)
+        j = (pick - 1).clamp_min(0)[:, None]
+        best_cnt = torch.where(upd, cnt.gather(1, j).squeeze(1), best_cnt)
+        best_a = torch.where(upd, a.gather(1, j).squeeze(1), best_a)
+        best_b = torch.where(upd, b.gather(1, j).squeeze(1), best_b)
+        best_score = torch.where(upd, score_all.gather(1, pick[:, None]).squeeze(1), best_score)
+        best_known = torch.where(upd, known_all.gather(1, pick[:, None]).squeeze(1), best_known)
+        best_trial = torch.where(upd, trials_done + j.squeeze(1), best_trial)
+        n_trials = torch.where(done, n_trials, trials_done + 1 + end)
+        done = done | stops
+        trials_done += t
+    return RansacSearch(best_a, best_b, best_cnt.where(best_trial >= 0, 0), n_trials, best_trial)
+
+
 def fit_log_ransac(
     pred: torch.Tensor,
     gt: torch.Tensor,
@@ -179,25 +371,58 @@ def fit_log_ransac(
     max_trials: int = 1000,
     generator: torch.Generator | None = None,
     stop_probability: float = 0.99,
-    max_score_points: int | None = 65536,
+    max_score_points: int | None = None,
     chunk_trials: int = 64,
     max_chunk_elements: int = 1 << 24,
+    samples: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RANSAC fit of ``log(gt + 1) ~= a * pred + b`` per image; returns ``(a, b)`` as float64 (B,).
 
-    Each image's valid pixels are first packed to the front of a row, so trials draw from them
-    directly. Trials run in chunks of up to ``chunk_trials`` for all images at once; after each
-    chunk, images whose best inlier ratio ``w`` satisfies scikit-learn's stopping rule
-    ``trials >= log(1 - stop_probability) / log(1 - w^2)`` stop, and the loop ends when all have
-    stopped or ``max_trials`` is reached. Inliers are counted on all valid pixels of an image with
-    at most ``max_score_points`` of them, otherwise on ``max_score_points`` of them drawn at random
-    (``None``: always all); the final inlier set of the winning model and the least-squares refit
-    always use all valid pixels. With ``a <= 0`` (or no usable fit) the fallback of the ppd
-    evaluation applies (see :func:`align_log_ransac`).
+    The result is scikit-learn's ``RANSACRegressor(max_trials=max_trials,
+    stop_probability=stop_probability).fit(pred[mask][:, None], log(gt[mask] + 1))`` (then the
+    ppd fallback) for the same sequence of 2-point samples; see :func:`_ransac_search` for how
+    the batched trials keep the sequential semantics. The targets, threshold (MAD), trial lines,
+    inlier tests, scores and refit are float64; bulk inlier counting is float32 with a float64
+    re-test near the threshold.
+
+    ``samples``: optional (B, T, 2) long tensor; trial ``k`` of image ``b`` uses its valid pixels
+    number ``samples[b, k, 0]`` and ``samples[b, k, 1]`` (row-major order of the valid pixels,
+    i.e. the order of ``pred[b][mask[b]]``, distinct) instead of random draws; at most ``T``
+    trials run. ``max_score_points``: count inliers on at most this many random valid pixels per
+    image (faster on very large maps, but no longer scikit-learn's answer: counts on a subset
+    change which trial wins and when the search stops); ``None`` (default): all valid pixels.
+    The final inlier set and the least-squares refit always use all valid pixels. With ``a <= 0``
+    (or no usable fit) the fallback of the ppd evaluation applies (see :func:`align_log_ransac`).
     """
+    return _fit_log_ransac(
+        pred,
+        gt,
+        mask,
+        max_trials,
+        generator,
+        stop_probability,
+        max_score_points,
+        chunk_trials,
+        max_chunk_elements,
+        samples,
+    )[:2]
+
+
+def _fit_log_ransac(
+    pred,
+    gt,
+    mask,
+    max_trials,
+    generator,
+    stop_probability,
+    max_score_points,
+    chunk_trials,
+    max_chunk_elements,
+    samples,
+) -> tuple[torch.Tensor, torch.Tensor, RansacSearch]:
     _check(pred, gt, mask)
     x = _flatten(pred).to(torch.float32)
-    y = torch.log1p(_flatten(gt).to(torch.float32).clamp_min(0.0))
+    y = torch.log1p(_flatten(gt).to(torch.float64).clamp_min(0.0))
     m = _flatten(mask) & torch.isfinite(x) & torch.isfinite(y)
     bsz = x.shape[0]
     device = x.device
@@ -206,15 +431,29 @@ def fit_log_ransac(
     xc, yc = _compact_valid(m, x, y)
     n_max = xc.shape[1]
     valid_c = torch.arange(n_max, device=device)[None, :] < n[:, None]
+    if samples is not None:
+        if samples.dim() != 3 or samples.shape[0] != bsz or samples.shape[2] != 2:
+            raise ValueError(f"samples must have shape ({bsz}, T, 2), got {tuple(samples.shape)}")
+        samples = samples.to(device=device, dtype=torch.long)
+        live = (n >= 2)[:, None, None]
+        bad = live & ((samples < 0) | (samples >= n[:, None, None]))
+        bad = bad | (live & (samples[..., :1] == samples[..., 1:]))
+        if bool(bad.any()):
+            b_bad = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"samples of image {b_bad} must be two distinct indices in [0, {int(n[b_bad])}) "
+                "(its number of valid pixels)"
+            )
+        samples = torch.where(live, samples, torch.tensor([0, 1], device=device).clamp_max(max(n_max - 1, 0)))
 
     # residual threshold: MAD of the targets (scikit-learn's default)
     med = masked_median(yc, valid_c)
     thr = masked_median((yc - med[:, None]).abs(), valid_c)
     thr = torch.nan_to_num(thr, nan=0.0)
 
-    # the points on which inliers are counted: all valid pixels where there are few enough
+    # the points on which inliers are counted: all valid pixels unless a budget is given
     if max_score_points is None or n_max <= max_score_points:
-        xs, ys, ms = xc, yc, valid_c
+        xs, ys, ms, n_score = xc, yc, valid_c, n
     else:
         budget = max_score_points
         s_idx = _randint_below(n, (budget,), generator, device)
@@ -222,71 +461,32 @@ def fit_log_ransac(
         xs = torch.where(few, xc[:, :budget], xc.gather(1, s_idx))
         ys = torch.where(few, yc[:, :budget], yc.gather(1, s_idx))
         ms = torch.where(few, valid_c[:, :budget], (n > 0)[:, None].expand(bsz, budget))
-    n_score = ms.sum(1).clamp_min(1).to(torch.float64)
+        n_score = ms.sum(1)
+    search = _ransac_search(
+        xs,
+        ys,
+        ms,
+        n_score,
+        xc,
+        yc,
+        n,
+        thr,
+        max_trials,
+        generator,
+        stop_probability,
+        samples,
+        chunk_trials,
+        max_chunk_elements,
+    )
 
-    best_cnt = torch.full((bsz,), -1, dtype=torch.long, device=device)
-    best_a = torch.zeros(bsz, dtype=torch.float32, device=device)
-    best_b = torch.zeros(bsz, dtype=torch.float32, device=device)
-    best_score = torch.full((bsz,), -math.inf, dtype=torch.float32, device=device)
-    done = n < 2
-    trials_done = 0
-    log_fail = math.log(1.0 - stop_probability) if stop_probability < 1 else -math.inf
-    npts = xs.shape[1]
-    chunk = max(1, min(chunk_trials, max_chunk_elements // max(1, bsz * npts)))
-    step = min(8, chunk)  # grows geometrically: clean images stop after the first few trials
-    while trials_done < max_trials and not bool(done.all()):
-        t = min(step, max_trials - trials_done)
-        step = min(2 * step, chunk)
-        # two distinct valid pixels per trial
-        i1 = _randint_below(n, (t,), generator, device)
-        i2 = _randint_below((n - 1).clamp_min(1), (t,), generator, device)
-        i2 = i2 + (i2 >= i1).long()
-        x1, x2, y1, y2 = xc.gather(1, i1), xc.gather(1, i2), yc.gather(1, i1), yc.gather(1, i2)
-        dx = x2 - x1
-        ok = dx.abs() > 0
-        a = torch.where(ok, (y2 - y1) / torch.where(ok, dx, torch.ones_like(dx)), torch.zeros_like(dx))
-        b = y1 - a * x1
-        # (B, t, P) inlier test; ties in the inlier count are broken by the R^2 of the trial's
-        # model on its inliers, as scikit-learn does
-        fit = a[:, :, None] * xs[:, None, :] + b[:, :, None]
-        res = ys[:, None, :] - fit
-        inl = (res.abs() <= thr[:, None, None]) & ms[:, None, :]
-        inl_f = inl.to(res.dtype)
-        cnt = inl.sum(2)
-        ss_res = (res * res * inl_f).sum(2)
-        ym = ys[:, None, :] - (ys[:, None, :] * inl_f).sum(2, keepdim=True) / cnt.clamp_min(1)[..., None]
-        ss_tot = (ym * ym * inl_f).sum(2)
-        score = torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-30), torch.zeros_like(ss_tot))
-        cnt = torch.where(ok, cnt, torch.full_like(cnt, -1))
-        c_best = cnt.max(1).values
-        tied = cnt == c_best[:, None]
-        s_best, j = torch.where(tied, score, torch.full_like(score, -math.inf)).max(1)
-        better = ((c_best > best_cnt) | ((c_best == best_cnt) & (s_best > best_score))) & ~done
-        best_cnt = torch.where(better, c_best, best_cnt)
-        best_score = torch.where(better, s_best, best_score)
-        best_a = torch.where(better, a.gather(1, j[:, None]).squeeze(1), best_a)
-        best_b = torch.where(better, b.gather(1, j[:, None]).squeeze(1), best_b)
-        trials_done += t
-        # dynamic stopping (scikit-learn's _dynamic_max_trials), w = inlier ratio of the best
-        w = best_cnt.clamp_min(0).to(torch.float64) / n_score
-        p_no_outlier = 1.0 - w**2
-        need = torch.where(
-            p_no_outlier <= 0,
-            torch.zeros_like(w),
-            torch.where(
-                p_no_outlier >= 1,
-                torch.full_like(w, math.inf),
-                log_fail / torch.log(p_no_outlier.clamp(1e-300, 1 - 1e-16)),
-            ),
-        )
-        done = done | (trials_done >= need)
-
-    # final inliers of the winner on all valid pixels, then the least-squares refit
-    res = (yc - (best_a[:, None] * xc + best_b[:, None])).abs()
-    inl = (res <= thr[:, None]) & valid_c & (best_cnt[:, None] >= 0)
-    a_fit, b_fit = _weighted_lstsq(xc, yc, inl)
+    # final inliers of the winner on all valid pixels, then the least-squares refit (float64)
+    xc64 = xc.to(torch.float64)
+    found = (search.best_trial >= 0)[:, None]
+    res = (yc - (search.a.nan_to_num(0.0)[:, None] * xc64 + search.b.nan_to_num(0.0)[:, None])).abs()
+    inl = (res <= thr[:, None]) & valid_c & found
+    a_fit, b_fit = _weighted_lstsq(xc64, yc, inl)
     usable = inl.sum(1) >= 1
-    # no usable fit: the reference's `except` branch, a = 1, b = 0
+    # no usable fit (scikit-learn raises): the reference's `except` branch, a = 1, b = 0
     a_fit = torch.where(usable, a_fit, torch.ones_like(a_fit))
     b_fit = torch.where(usable, b_fit, torch.zeros_like(b_fit))
     # fallback for a non-positive slope: ratio of means in log space
@@ -297,7 +497,7 @@ def fit_log_ransac(
     pos = a_fit > 0
     a_out = torch.where(pos, a_fit, ratio)
     b_out = torch.where(pos, b_fit, torch.zeros_like(b_fit))
-    return a_out, b_out
+    return a_out, b_out, search
 
 
 def align_log_ransac(
@@ -307,7 +507,7 @@ def align_log_ransac(
     max_trials: int = 1000,
     generator: torch.Generator | None = None,
     stop_probability: float = 0.99,
-    max_score_points: int | None = 65536,
+    max_score_points: int | None = None,
     min_depth: float = 1e-3,
 ) -> torch.Tensor:
     """Align ``pred`` (affine-invariant in ``log(d + 1)`` space) to metric depth (ppd protocol).

@@ -25,6 +25,7 @@ the set; without one, pairs are found by scanning the root.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -43,15 +44,54 @@ __all__ = [
     "BenchmarkDataset",
     "BenchmarkLayoutError",
     "FileSource",
+    "PINNED_SPLITS",
+    "SPLITS_DIR",
     "Sample",
+    "UnsafeNameError",
     "build_benchmark",
+    "confine_name",
+    "pinned_splits",
+    "resolve_split",
 ]
 
 log = logging.getLogger(__name__)
 
+#: the split lists shipped with the package (the ones published numbers use; see its README)
+SPLITS_DIR = Path(__file__).resolve().with_name("splits")
+
 
 class BenchmarkLayoutError(FileNotFoundError):
     """A benchmark root is missing, or holds no pair in the expected layout."""
+
+
+class UnsafeNameError(ValueError):
+    """A benchmark member name (or a name derived from one) that would leave its root."""
+
+
+def confine_name(name: str, what: str = "name") -> str:
+    """``name`` as a normalised relative POSIX path that stays inside its root.
+
+    Leading ``./``, repeated and trailing ``/`` and inner ``.`` parts are folded; ``..`` parts are
+    resolved textually. Raises :class:`UnsafeNameError` naming ``name`` when it is absolute (``/x``,
+    ``C:/x``, ``\\x``), climbs out of the root, or is empty.
+    """
+    raw = str(name)
+    text = raw.replace("\\", "/")
+    if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
+        raise UnsafeNameError(f"{what} {raw!r} is an absolute path; only names relative to the root are read")
+    parts: list[str] = []
+    for part in text.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise UnsafeNameError(f"{what} {raw!r} climbs out of its root ('..'); refused")
+            parts.pop()
+            continue
+        parts.append(part)
+    if not parts:
+        raise UnsafeNameError(f"{what} {raw!r} is empty after normalisation")
+    return "/".join(parts)
 
 
 class FileSource:
@@ -91,11 +131,13 @@ class FileSource:
             raise FileNotFoundError(str(self.root))
         self._set = set(self._names)
 
-    @staticmethod
-    def _norm(name: str) -> str:
-        while name.startswith("./"):
-            name = name[2:]
-        return name.lstrip("/")
+    def _norm(self, name: str) -> str:
+        """The member name as a clean relative POSIX path (``./`` and ``a/./b``, ``a//b`` folded).
+
+        A name that is absolute or climbs out of the archive (``../x``, ``a/../../x``) is refused:
+        names become output paths (panels, predictions, spreads) and prediction paths.
+        """
+        return confine_name(name, f"member of {self.root}")
 
     @property
     def names(self) -> list[str]:
@@ -130,7 +172,7 @@ class Sample:
     """One benchmark image with its ground truth (numpy, before any protocol crop)."""
 
     name: str  # rgb path relative to the root, the key for predictions and the CSV
-    image: np.ndarray  # (H, W, 3) uint8 RGB
+    image: np.ndarray | None  # (H, W, 3) uint8 RGB at the depth's size; None when not decoded
     depth: np.ndarray  # (H, W) float32 metres; invalid pixels may hold 0, inf or nan
     valid: np.ndarray  # (H, W) bool: finite, > 0 and the benchmark's own mask where it has one
     intrinsics: np.ndarray | None = None  # 3x3 where the benchmark defines it
@@ -142,6 +184,28 @@ def _decode_rgb(data: bytes, name: str) -> np.ndarray:
     if arr is None:
         raise ValueError(f"cannot decode image {name}")
     return arr
+
+
+def _image_hw(data: bytes, name: str) -> tuple[int, int]:
+    """(H, W) of an encoded image as stored (EXIF orientation ignored), from its header when
+    Pillow can read it, else by decoding it."""
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+        return int(h), int(w)
+    except Exception:  # noqa: BLE001 - no Pillow or an odd format: decode instead
+        return _decode_rgb(data, name).shape[:2]
+
+
+def _fit_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The rgb brought to the depth's (H, W) when they differ (area when shrinking, else cubic)."""
+    h, w = shape
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
 def _decode_png16(data: bytes, name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +235,7 @@ class BenchmarkDataset(Dataset):
         split: str | os.PathLike | None = None,
         intrinsics: Sequence[float] | None = None,
         limit: int | None = None,
+        allow_missing: bool = False,
     ) -> None:
         self.root = Path(root).expanduser()
         try:
@@ -178,13 +243,24 @@ class BenchmarkDataset(Dataset):
         except FileNotFoundError:
             raise BenchmarkLayoutError(self._layout_error(f"root {self.root} does not exist")) from None
         self.intrinsics = None if intrinsics is None else np.asarray(intrinsics, np.float64)
-        self.pairs: list[tuple[str, str]] = self._from_split(Path(split)) if split else self._scan()
+        self._prefixes: list[str] = []
+        self._by_base: dict[str, list[str]] | None = None
+        split_path = resolve_split(split)
+        #: which images were evaluated: None when the root was scanned, else the split file's
+        #: name, sha256, the number of entries with ground truth, and those missing from the root
+        self.split_info: dict | None = None
+        if split_path is not None:
+            self.pairs = self._from_split(split_path, allow_missing=bool(allow_missing))
+        else:
+            self.pairs = self._scan()
         if not self.pairs:
-            where = f" (split {split})" if split else ""
+            where = f" (split {split_path})" if split_path else ""
             msg = f"found no {self.name} pairs in {self.root}{where}"
             raise BenchmarkLayoutError(self._layout_error(msg))
         if limit is not None:
             self.pairs = self.pairs[: int(limit)]
+            if self.split_info is not None:
+                self.split_info["limit"] = int(limit)
 
     def _layout_error(self, what: str) -> str:
         return (
@@ -217,16 +293,33 @@ class BenchmarkDataset(Dataset):
         return pairs
 
     def _resolve(self, rel: str) -> str | None:
+        """A split path in the root: as is, under a leading folder already seen, or the one file
+        whose path ends with it (which fixes the leading folder for the next lines)."""
+        try:
+            rel = confine_name(rel, "split entry")
+        except UnsafeNameError:
+            return None
         if self.files.exists(rel):
             return rel
-        hits = [n for n in self.files.names if n.endswith("/" + rel)]
-        return hits[0] if len(hits) == 1 else None
+        for prefix in self._prefixes:
+            if self.files.exists(prefix + rel):
+                return prefix + rel
+        if self._by_base is None:
+            self._by_base = {}
+            for n in self.files.names:
+                self._by_base.setdefault(n.rsplit("/", 1)[-1], []).append(n)
+        hits = [n for n in self._by_base.get(rel.rsplit("/", 1)[-1], []) if n.endswith("/" + rel)]
+        if len(hits) != 1:
+            return None
+        self._prefixes.append(hits[0][: -len(rel)])
+        return hits[0]
 
-    def _from_split(self, split: Path) -> list[tuple[str, str]]:
-        if not split.is_file():
-            raise BenchmarkLayoutError(f"split file {split} does not exist")
-        pairs, skipped = [], 0
-        for lineno, line in enumerate(split.read_text().splitlines(), 1):
+    def _from_split(self, split: Path, allow_missing: bool = False) -> list[tuple[str, str]]:
+        data = split.read_bytes()
+        pairs: list[tuple[str, str]] = []
+        missing: list[str] = []
+        skipped = 0
+        for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
             tokens = line.split()
             if not tokens or tokens[0].startswith("#"):
                 continue
@@ -235,23 +328,47 @@ class BenchmarkDataset(Dataset):
                 continue
             rgb = self._resolve(tokens[0])
             if rgb is None:
-                raise BenchmarkLayoutError(f"{split}:{lineno}: {tokens[0]} not found in {self.root}")
+                missing.append(f"{tokens[0]} (line {lineno})")
+                continue
+            depth = None
             if len(tokens) > 1 and tokens[1].lower() not in ("", "none"):
                 depth = self._resolve(tokens[1])
-            else:
+            if depth is None:
                 depth = self._depth_for(rgb)
             if depth is None:
-                raise BenchmarkLayoutError(
-                    f"{split}:{lineno}: no ground truth for {tokens[0]} in {self.root}; "
-                    f"expected\n  {self.layout}"
-                )
+                want = tokens[1] if len(tokens) > 1 else f"the ground truth of {tokens[0]}"
+                missing.append(f"{want} (line {lineno})")
+                continue
             pairs.append((rgb, depth))
         if skipped:
             log.info("%s: %d split entries without ground truth skipped", self.name, skipped)
+        listed = len(pairs) + len(missing)
+        self.split_info = {
+            "name": split.stem if split.parent == SPLITS_DIR else str(split),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "entries": listed,
+            "missing": len(missing),
+        }
+        if missing:
+            shown = "\n  ".join(missing[:20])
+            more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+            head = f"split {split}: {len(missing)} of {listed} listed files are missing from {self.root}"
+            if not allow_missing:
+                raise BenchmarkLayoutError(
+                    f"{head}:\n  {shown}{more}\nExpected the {self.name} layout:\n  {self.layout}\n"
+                    "Fix the root, or set allow_missing=true to evaluate the rest (the numbers are then "
+                    "NOT comparable with published ones), or benchmark.split=null to scan the root."
+                )
+            log.warning(
+                "PARTIAL RUN, numbers NOT comparable: %s (allow_missing=true):\n  %s%s", head, shown, more
+            )
+            self.split_info["missing_files"] = missing
         return pairs
 
     # -- loading -----------------------------------------------------------------------------
-    def load_depth(self, depth_name: str, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def load_depth(self, depth_name: str, rgb_name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Depth (metres) and the reader's own validity for ``depth_name``; ``rgb_name`` is its
+        image, for readers that need its size."""
         raise NotImplementedError
 
     def default_intrinsics(self, h: int, w: int) -> np.ndarray | None:
@@ -261,14 +378,26 @@ class BenchmarkDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> Sample:
+        return self.get(index)
+
+    def get(self, index: int, with_image: bool = True) -> Sample:
+        """Sample ``index``; ``with_image=False`` leaves the rgb undecoded (``image=None``): scoring
+        saved predictions does not need it. An rgb whose size differs from the depth's is resized
+        to the depth's size (what a model sees; the ground truth is never resampled)."""
         rgb_name, depth_name = self.pairs[index]
-        image = _decode_rgb(self.files.read(rgb_name), rgb_name)
-        depth, valid = self.load_depth(depth_name, image.shape[:2])
-        if depth.shape != image.shape[:2]:
+        depth, valid = self.load_depth(depth_name, rgb_name)
+        if depth.ndim != 2 or valid.shape != depth.shape:
             raise ValueError(
-                f"{self.name}: {depth_name} is {depth.shape[0]}x{depth.shape[1]} but {rgb_name} is "
-                f"{image.shape[0]}x{image.shape[1]}"
+                f"{self.name}: {depth_name}: expected an HxW depth map and mask, got {depth.shape} "
+                f"and {valid.shape}"
             )
+        image = None
+        meta: dict = {"depth_name": depth_name}
+        if with_image:
+            image = _decode_rgb(self.files.read(rgb_name), rgb_name)
+            if image.shape[:2] != depth.shape:
+                meta["rgb_shape"] = tuple(image.shape[:2])
+                image = _fit_image(image, depth.shape)
         valid = valid & np.isfinite(depth) & (depth > 0)
         h, w = depth.shape
         if self.intrinsics is not None:
@@ -277,7 +406,26 @@ class BenchmarkDataset(Dataset):
         else:
             k = self.default_intrinsics(h, w)
         depth = depth.astype(np.float32, copy=False)
-        return Sample(rgb_name, image, depth, valid, k, {"depth_name": depth_name})
+        return Sample(rgb_name, image, depth, valid, k, meta)
+
+
+def _load_npy(data: bytes, name: str) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same named error
+        raise ValueError(f"{name}: not a readable .npy array ({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected a numeric .npy array, got {getattr(arr, 'dtype', type(arr))}")
+    return arr
+
+
+def _hw(arr: np.ndarray, name: str) -> np.ndarray:
+    """H x W, or H x W x 1 / 1 x H x W squeezed."""
+    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+        arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:2])
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(f"{name}: expected an HxW (or HxWx1) map, got shape {arr.shape}")
+    return arr
 
 
 class NYUv2(BenchmarkDataset):
@@ -288,7 +436,7 @@ class NYUv2(BenchmarkDataset):
     def depth_candidates(self, m):
         return [f"{m['prefix']}{m['dir']}/depth_{m['id']}.png"]
 
-    def load_depth(self, depth_name, image_shape):
+    def load_depth(self, depth_name, rgb_name):
         return _decode_png16(self.files.read(depth_name), depth_name, 1000.0)
 
 
@@ -306,7 +454,7 @@ class KITTI(BenchmarkDataset):
         tail = f"{m['drive']}/proj_depth/groundtruth/image_02/{m['frame']}.png"
         return [f"{m['prefix']}{tail}", f"{m['prefix']}{m['date']}/{tail}"]
 
-    def load_depth(self, depth_name, image_shape):
+    def load_depth(self, depth_name, rgb_name):
         return _decode_png16(self.files.read(depth_name), depth_name, 256.0)
 
 
@@ -319,6 +467,7 @@ class ETH3D(BenchmarkDataset):
     rgb_pattern = re.compile(
         r"^(?P<prefix>(?:.*/)?)rgb/(?P<scene>[^/]+)/images/dslr_images/(?P<file>[^/]+\.(?:JPG|jpg))$"
     )
+    native_shape = (4032, 6048)  # (H, W) of every released ETH3D depth map (raw float32)
 
     def __init__(
         self,
@@ -327,21 +476,28 @@ class ETH3D(BenchmarkDataset):
         intrinsics=None,
         limit=None,
         depth_shape: Sequence[int] | None = None,
+        allow_missing: bool = False,
     ):
         self.depth_shape = None if depth_shape is None else (int(depth_shape[0]), int(depth_shape[1]))
-        super().__init__(root, split, intrinsics, limit)
+        super().__init__(root, split, intrinsics, limit, allow_missing=allow_missing)
 
     def depth_candidates(self, m):
         s = m["scene"]
         return [f"{m['prefix']}depth/{s}_dslr_depth/{s}/ground_truth_depth/dslr_images/{m['file']}"]
 
-    def load_depth(self, depth_name, image_shape):
+    def load_depth(self, depth_name, rgb_name):
         raw = self.files.read(depth_name)
-        h, w = self.depth_shape or image_shape
+        if self.depth_shape is not None:  # explicit override
+            h, w = self.depth_shape
+        elif len(raw) == self.native_shape[0] * self.native_shape[1] * 4:  # the released maps
+            h, w = self.native_shape
+        else:  # a re-sampled archive: the image's size
+            h, w = _image_hw(self.files.read(rgb_name), rgb_name)
         if len(raw) != h * w * 4:
+            native = "x".join(map(str, self.native_shape))
             raise ValueError(
                 f"eth3d: {depth_name} has {len(raw)} bytes, expected {h}x{w} float32 = {h * w * 4} bytes "
-                "(set benchmark.depth_shape=[H,W] if the depth maps differ from the images)"
+                f"(ETH3D's maps are {native}; set benchmark.options.depth_shape=[H,W] for other sizes)"
             )
         depth = np.frombuffer(raw, dtype="<f4").reshape(h, w).copy()
         return depth, np.isfinite(depth)
@@ -355,7 +511,7 @@ class ScanNet(BenchmarkDataset):
     def depth_candidates(self, m):
         return [f"{m['prefix']}{m['scene']}/depth/{m['id']}.png"]
 
-    def load_depth(self, depth_name, image_shape):
+    def load_depth(self, depth_name, rgb_name):
         return _decode_png16(self.files.read(depth_name), depth_name, 1000.0)
 
 
@@ -375,12 +531,13 @@ class DIODE(BenchmarkDataset):
             return None
         return depth
 
-    def load_depth(self, depth_name, image_shape):
-        depth = np.load(io.BytesIO(self.files.read(depth_name)), allow_pickle=False)
+    def load_depth(self, depth_name, rgb_name):
         mask_name = depth_name[: -len(".npy")] + "_mask.npy"
-        mask = np.load(io.BytesIO(self.files.read(mask_name)), allow_pickle=False)
-        depth = np.asarray(depth, np.float32).reshape(image_shape)
-        return depth, np.asarray(mask).reshape(image_shape) > 0
+        depth = _hw(_load_npy(self.files.read(depth_name), depth_name), depth_name).astype(np.float32)
+        mask = _hw(_load_npy(self.files.read(mask_name), mask_name), mask_name)
+        if mask.shape != depth.shape:
+            raise ValueError(f"diode: {mask_name} is {mask.shape}, its depth {depth_name} is {depth.shape}")
+        return depth, mask > 0
 
 
 class Hypersim(BenchmarkDataset):
@@ -392,7 +549,7 @@ class Hypersim(BenchmarkDataset):
     def depth_candidates(self, m):
         return [f"{m['prefix']}{m['scene']}/depth_plane_{m['id']}.png"]
 
-    def load_depth(self, depth_name, image_shape):
+    def load_depth(self, depth_name, rgb_name):
         return _decode_png16(self.files.read(depth_name), depth_name, 1000.0)
 
     def default_intrinsics(self, h, w):
@@ -406,8 +563,45 @@ BENCHMARKS: dict[str, type[BenchmarkDataset]] = {
 }
 
 
+#: the pinned split list each benchmark is evaluated on by default (files in :data:`SPLITS_DIR`)
+PINNED_SPLITS: dict[str, str] = {
+    "nyuv2": "nyuv2_test",  # 654
+    "kitti": "kitti_eigen_test",  # 697 lines, 652 with ground truth
+    "eth3d": "eth3d",  # 454
+    "scannet": "scannet_val_800",  # 800
+    "diode": "diode_val_all",  # 771 (diode_val_indoor 325, diode_val_outdoor 446)
+}
+
+
+def pinned_splits() -> list[str]:
+    """Names of the shipped split lists (``benchmark.split=<name>``)."""
+    return sorted(p.stem for p in SPLITS_DIR.glob("*.txt"))
+
+
+def resolve_split(split) -> Path | None:
+    """A split given as a path to a file or as the name of a shipped list; ``None`` (or ``""``):
+    scan the root. Raises :class:`BenchmarkLayoutError` naming it when it is neither."""
+    if split is None or str(split).strip() == "":
+        return None
+    text = str(split)
+    shipped = SPLITS_DIR / f"{text}.txt"
+    if "/" not in text and "\\" not in text and shipped.is_file():  # a shipped list's name wins
+        return shipped
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    raise BenchmarkLayoutError(
+        f"split file {split} does not exist; give a path, a shipped list ({', '.join(pinned_splits())}), "
+        "or benchmark.split=null to scan the root"
+    )
+
+
 def build_benchmark(name: str, root, split=None, limit: int | None = None, **options) -> BenchmarkDataset:
-    """Instantiate the reader ``name`` (one of :data:`BENCHMARKS`) on ``root``."""
+    """Instantiate the reader ``name`` (one of :data:`BENCHMARKS`) on ``root``.
+
+    ``split``: a split file or the name of a shipped list (:data:`PINNED_SPLITS` are the defaults
+    of ``conf/benchmark/*.yaml``); ``None`` scans the root. ``allow_missing=True`` (an option)
+    evaluates the listed files that exist when some are missing, with a warning."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
     if root is None or str(root) == "":

@@ -18,7 +18,9 @@ delta3        fraction with max(p/d, d/p) < 1.25^3
 ============  ==============================================================================
 
 The dataset score is the mean of the per-image values over the images that have at least one
-valid pixel (images without one are skipped, not counted). All values are fractions (``silog``
+valid pixel (images without one are skipped, not counted). A valid pixel (mask, finite ``d > 0``)
+whose prediction is not finite is never left out: it fails every delta and makes the image's error
+metrics ``inf`` (a NaN can only make a score worse; ``evaluate.py`` refuses such predictions). All values are fractions (``silog``
 keeps its customary factor 100).
 """
 
@@ -77,11 +79,16 @@ def depth_metrics_per_image(
         raise ValueError(f"shape mismatch: {tuple(pred.shape)}, {tuple(gt.shape)}, {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be bool, got {mask.dtype}")
-    m = mask & torch.isfinite(gt) & (gt > 0) & torch.isfinite(pred)
+    valid = mask & torch.isfinite(gt) & (gt > 0)
+    finite = torch.isfinite(pred)
+    m = valid & finite
+    # valid pixels whose prediction is not finite count: as failures (deltas) and inf errors
+    n_bad = sum_f64(valid & ~finite)
     # float32 element-wise, float64 sums. Invalid pixels get p = d = 1, so every error term is
     # exactly 0 there and only the delta counts need the mask.
     dt = torch.float32 if pred.dtype in (torch.float16, torch.bfloat16, torch.float32) else pred.dtype
-    n = sum_f64(m)
+    n_ok = sum_f64(m)
+    n = n_ok + n_bad
     safe_n = n.clamp_min(1.0)
     one = torch.ones((), dtype=dt, device=pred.device)
     p = torch.where(m, pred.to(dt).clamp_min(_MIN_PRED), one)
@@ -109,6 +116,8 @@ def depth_metrics_per_image(
         "delta2": mean((ratio < 1.25**2) & m),
         "delta3": mean((ratio < 1.25**3) & m),
     }
+    inf = torch.full_like(n, math.inf)
+    out = {k: v if k.startswith("delta") else torch.where(n_bad > 0, inf, v) for k, v in out.items()}
     empty = n == 0
     nan = torch.full_like(n, float("nan"))
     out = {k: torch.where(empty, nan, v) for k, v in out.items()}

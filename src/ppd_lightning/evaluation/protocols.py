@@ -60,7 +60,7 @@ class Prepared:
     """A sample after the protocol's geometry, plus what is needed to map predictions onto it."""
 
     name: str
-    image: np.ndarray  # (h, w, 3) uint8, what a model sees
+    image: np.ndarray | None  # (h, w, 3) uint8, what a model sees; None when not decoded
     depth: np.ndarray  # (h, w) float32
     mask: np.ndarray  # (h, w) bool, the pixels scored
     original_shape: tuple[int, int]  # (H, W) of the benchmark image
@@ -108,13 +108,21 @@ class Protocol:
         image, depth, valid = sample.image, sample.depth, sample.valid
         k = None if sample.intrinsics is None else sample.intrinsics.copy()
         (top, left, ch, cw), size = self._geometry(spec, depth.shape)
-        image, depth, valid = (x[top : top + ch, left : left + cw] for x in (image, depth, valid))
+        depth, valid = (x[top : top + ch, left : left + cw] for x in (depth, valid))
+        if image is not None:
+            if image.shape[:2] != sample.depth.shape:
+                raise ValueError(
+                    f"{sample.name}: image is {image.shape[0]}x{image.shape[1]}, depth "
+                    f"{sample.depth.shape[0]}x{sample.depth.shape[1]} (the reader brings them to one size)"
+                )
+            image = image[top : top + ch, left : left + cw]
         if k is not None:
             k[0, 2] -= left
             k[1, 2] -= top
         if size is not None and (depth.shape[1], depth.shape[0]) != tuple(size):
             sx, sy = size[0] / depth.shape[1], size[1] / depth.shape[0]
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            if image is not None:
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             depth = cv2.resize(
                 np.where(valid, depth, 0).astype(np.float32), size, interpolation=cv2.INTER_NEAREST
             )
@@ -130,7 +138,8 @@ class Protocol:
             gx = cv2.Sobel(d, cv2.CV_32F, 1, 0, ksize=3)
             gy = cv2.Sobel(d, cv2.CV_32F, 0, 1, ksize=3)
             mask &= (np.abs(gx) + np.abs(gy)) <= spec.grad_threshold
-        return Prepared(sample.name, np.ascontiguousarray(image), d, mask, depth_shape(sample), k)
+        image = None if image is None else np.ascontiguousarray(image)
+        return Prepared(sample.name, image, d, mask, depth_shape(sample), k)
 
     @staticmethod
     def _eigen_mask(spec: BenchmarkSpec, shape: tuple[int, int]) -> np.ndarray:
@@ -159,7 +168,7 @@ class Protocol:
         if pred.ndim == 3 and 1 in (pred.shape[0], pred.shape[-1]):
             pred = pred.reshape(pred.shape[1:] if pred.shape[0] == 1 else pred.shape[:2])
         if pred.ndim != 2:
-            raise ValueError(f"prediction for {prepared.name} must be HxW, got {pred.shape}")
+            raise ValueError(f"prediction {source or prepared.name} must be HxW, got {pred.shape}")
         target = prepared.depth.shape
         if pred.shape == target:
             return pred

@@ -1,9 +1,15 @@
 """The evaluation loop behind ``evaluate.py``: benchmark -> predictions -> protocol -> metrics.
 
-Writes into ``output_dir``: ``metrics.json`` (``{benchmark: {metric: value, ..., "n_images": N}}``,
-rewritten atomically after each benchmark), ``<benchmark>_per_image.csv``, optional colourised
-panels (``<benchmark>/panels/``), saved model predictions and ensemble spreads
-(``<benchmark>/predictions/``, ``<benchmark>/spread/``), and prints a table.
+Writes into ``output_dir``: ``metrics.json`` (``{benchmark: {metric: value, ..., "n_images": N,
+"split": {"name", "sha256", "entries", "missing"} or null when the root was scanned}}``, rewritten
+atomically after each benchmark), ``<benchmark>_per_image.csv``, optional colourised panels
+(``<benchmark>/panels/``), saved model predictions and ensemble spreads (``<benchmark>/predictions/``,
+``<benchmark>/spread/``), and prints a table. Every output path is checked to lie under
+``output_dir``.
+
+A prediction that is not finite on a scored pixel is an error naming the file (saved predictions)
+or the image (model sources, where any non-finite value is an error): it would otherwise drop the
+pixel or, through the alignment, the whole image from the average, i.e. give a better score.
 """
 
 from __future__ import annotations
@@ -22,11 +28,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ppd_lightning import atomic
-from ppd_lightning.evaluation.datasets import build_benchmark
+from ppd_lightning.evaluation.datasets import PINNED_SPLITS, UnsafeNameError, build_benchmark, confine_name
 from ppd_lightning.evaluation.edges import EdgeChamfer
 from ppd_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, depth_metrics_per_image
 from ppd_lightning.evaluation.protocols import Prepared, Protocol, get_protocol
-from ppd_lightning.evaluation.sources import ModelSource, SavedPredictions, _device, build_source
+from ppd_lightning.evaluation.sources import (
+    ModelSource,
+    SavedPredictions,
+    _device,
+    build_source,
+    prediction_path,
+)
 from ppd_lightning.visualize import colorize, depth_panel, write_image
 
 __all__ = ["evaluate", "evaluate_benchmark", "format_table", "resolve_benchmarks"]
@@ -57,7 +69,9 @@ def resolve_benchmarks(cfg: Mapping) -> list[dict]:
     """The benchmarks to run: ``benchmarks`` (list or comma string) or the single ``benchmark``.
 
     A benchmark's root is ``roots.<name>``, else ``benchmark.root`` when it is the selected
-    ``benchmark`` group, else ``<data_root>/<name>`` or ``<data_root>/<name>.tar``.
+    ``benchmark`` group, else ``<data_root>/<name>`` or ``<data_root>/<name>.tar``. Its split is
+    ``splits.<name>`` when that key is set (``null``: scan the root), else ``benchmark.split`` for
+    the selected group, else the benchmark's pinned list (:data:`PINNED_SPLITS`; none: scan).
     """
     bench = dict(cfg.get("benchmark") or {})
     names = _names(cfg.get("benchmarks")) or _names(bench.get("name"))
@@ -73,11 +87,17 @@ def resolve_benchmarks(cfg: Mapping) -> list[dict]:
         if not root and data_root:
             base = Path(data_root).expanduser()
             root = next((p for p in (base / name, base / f"{name}.tar") if p.exists()), base / name)
+        if name in splits:
+            split = splits[name]
+        elif own is bench:
+            split = bench.get("split")
+        else:
+            split = PINNED_SPLITS.get(name)
         runs.append(
             {
                 "name": name,
                 "root": root,
-                "split": splits.get(name) or own.get("split"),
+                "split": split,
                 "options": dict(own.get("options") or {}),
             }
         )
@@ -87,19 +107,56 @@ def resolve_benchmarks(cfg: Mapping) -> list[dict]:
 class _Items(Dataset):
     """Benchmark samples after the protocol's geometry, with saved predictions when given."""
 
-    def __init__(self, dataset, protocol: Protocol, benchmark: str, saved: SavedPredictions | None):
+    def __init__(
+        self,
+        dataset,
+        protocol: Protocol,
+        benchmark: str,
+        saved: SavedPredictions | None,
+        images_for: int = 0,
+    ):
         self.dataset, self.protocol, self.benchmark, self.saved = dataset, protocol, benchmark, saved
+        self.images_for = images_for  # saved predictions: decode the rgb of the first N (panels) only
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[Prepared, np.ndarray | None]:
-        prepared = self.protocol.prepare(self.dataset[i], self.benchmark)
+        with_image = self.saved is None or i < self.images_for
+        sample = self.dataset.get(i, with_image=with_image)
+        prepared = self.protocol.prepare(sample, self.benchmark)
         pred = None
         if self.saved is not None:
             raw = self.saved.load(prepared.name)
-            pred = self.protocol.map_prediction(raw, prepared, self.benchmark, source=str(prepared.name))
+            path = prediction_path(self.saved.directory, prepared.name)
+            pred = self.protocol.map_prediction(raw, prepared, self.benchmark, source=str(path))
         return prepared, pred
+
+
+def _out_path(output_dir: Path, *parts: str) -> Path:
+    """``output_dir/parts...``, refused (naming it) unless it lies under ``output_dir``."""
+    rel = confine_name("/".join(parts), "output path")
+    path = output_dir / rel
+    base = output_dir.resolve()
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise UnsafeNameError(f"output path {path} resolves to {resolved}, outside {base}; refused")
+    return path
+
+
+def _check_finite(pred: np.ndarray, mask: np.ndarray, what: str, anywhere: bool) -> None:
+    """Raise naming ``what`` when ``pred`` is not finite on a scored pixel (or ``anywhere``)."""
+    bad = ~np.isfinite(pred)
+    if not anywhere:
+        bad &= mask
+    n = int(bad.sum())
+    if n:
+        y, x = np.argwhere(bad)[0]
+        where = "pixels" if anywhere else "scored pixels (valid ground truth)"
+        raise ValueError(
+            f"{what}: {n} non-finite value(s) on {where}, first at row {y}, column {x} "
+            f"({pred[y, x]}); a prediction must be finite where it is scored"
+        )
 
 
 def _collate(batch):
@@ -128,7 +185,7 @@ def evaluate_benchmark(
     device = device or torch.device("cpu")
     dataset = build_benchmark(name, root, split=split, limit=limit, **dict(options or {}))
     saved = source if isinstance(source, SavedPredictions) else None
-    items = _Items(dataset, protocol, name, saved)
+    items = _Items(dataset, protocol, name, saved, images_for=int(panels))
     loader = DataLoader(
         items, batch_size=max(1, int(batch_size)), num_workers=int(num_workers), collate_fn=_collate
     )
@@ -151,11 +208,22 @@ def evaluate_benchmark(
                 out, spr = source.predict([prepared[i].image for i in idx])
                 for j, i in enumerate(idx):
                     preds[i], spreads[i] = out[j], spr[j]
+        for i, p in enumerate(prepared):
+            if saved is not None:
+                what = f"prediction {prediction_path(saved.directory, p.name)}"
+            else:
+                what = f"the model's prediction for image {p.name}"
+            _check_finite(preds[i], p.mask, what, anywhere=saved is None)
         for idx in _groups([p.depth.shape for p in prepared]):
-            pred_t = torch.from_numpy(np.stack([preds[i] for i in idx])).to(device)
+            # non-finite values off the scored pixels (allowed in saved predictions, e.g. sky) must
+            # not reach the fit: they are zeroed for it and put back afterwards
+            raw_t = torch.from_numpy(np.stack([preds[i] for i in idx])).to(device)
+            finite_t = torch.isfinite(raw_t)
+            pred_t = torch.where(finite_t, raw_t, torch.zeros_like(raw_t))
             gt_t = torch.from_numpy(np.stack([prepared[i].depth for i in idx])).to(device)
             mask_t = torch.from_numpy(np.stack([prepared[i].mask for i in idx])).to(device)
             aligned = protocol.align(pred_t, gt_t, mask_t, name, generator=generator)
+            aligned = torch.where(finite_t, aligned, torch.full_like(aligned, float("nan")))
             metric.update(aligned, gt_t, mask_t)
             values, n_valid = depth_metrics_per_image(aligned, gt_t, mask_t)
             for j, i in enumerate(idx):
@@ -166,17 +234,18 @@ def evaluate_benchmark(
                     edge_metric.update(aligned[j].cpu(), p.depth, p.mask, p.intrinsics)
                     row["edge_chamfer"] = edge_metric.last_value
                 rows.append(row)
-                stem = Path(p.name).with_suffix("")
-                if n_panels < int(panels):
+                stem = Path(confine_name(p.name, "image name")).with_suffix("").as_posix()
+                if n_panels < int(panels) and p.image is not None:
                     panel = depth_panel(p.image, aligned[j].cpu().numpy(), p.depth, p.mask)
-                    write_image(output_dir / name / "panels" / f"{stem}.png", panel)
+                    write_image(_out_path(output_dir, name, "panels", f"{stem}.png"), panel)
                     n_panels += 1
                 if saved is None and save_predictions:
-                    atomic.write_npy(output_dir / name / "predictions" / f"{stem}.npy", preds[i])
+                    atomic.write_npy(_out_path(output_dir, name, "predictions", f"{stem}.npy"), preds[i])
                 if spreads[i] is not None:
-                    atomic.write_npy(output_dir / name / "spread" / f"{stem}.npy", spreads[i])
+                    atomic.write_npy(_out_path(output_dir, name, "spread", f"{stem}.npy"), spreads[i])
                     write_image(
-                        output_dir / name / "spread" / f"{stem}.png", colorize(spreads[i], cmap="inferno")
+                        _out_path(output_dir, name, "spread", f"{stem}.png"),
+                        colorize(spreads[i], cmap="inferno"),
                     )
         bar.update(len(batch))
     bar.close()
@@ -186,7 +255,8 @@ def evaluate_benchmark(
     if edge_metric is not None and any("edge_chamfer" in r for r in rows):
         result["edge_chamfer"] = float(edge_metric.compute())
         result["n_images_edge"] = int(edge_metric.count)
-    _write_csv(output_dir / f"{name}_per_image.csv", rows)
+    result["split"] = None if dataset.split_info is None else dict(dataset.split_info)
+    _write_csv(_out_path(output_dir, f"{name}_per_image.csv"), rows)
     skipped = len(rows) - result["n_images"]
     if skipped:
         log.warning("%s: %d images without a valid pixel were skipped", name, skipped)
@@ -258,7 +328,7 @@ def evaluate(cfg: Any) -> dict[str, dict[str, float]]:
             src,
             output_dir,
             split=run["split"],
-            options=run["options"],
+            options={**run["options"], "allow_missing": bool(cfg.get("allow_missing", False))},
             batch_size=int(cfg.get("batch_size", 1)),
             num_workers=int(cfg.get("num_workers", 0)),
             device=device,
@@ -269,7 +339,19 @@ def evaluate(cfg: Any) -> dict[str, dict[str, float]]:
             edge=cfg.get("edge"),
             progress=bool(cfg.get("progress", True)),
         )
-        atomic.write_json(output_dir / "metrics.json", results)
+        atomic.write_json(_out_path(output_dir, "metrics.json"), results)
     print(f"\nprotocol: {protocol.name}   output: {output_dir}")
     print(format_table(results))
+    for bench, r in results.items():
+        info = r.get("split")
+        if info is None:
+            print(f"{bench}: every pair found in the root was scored (no split list)")
+            continue
+        if info.get("missing"):
+            print(
+                f"{bench}: PARTIAL RUN, {info['missing']} of {info['entries']} files of split "
+                f"{info['name']} missing: NOT comparable with published numbers"
+            )
+        if info.get("limit") is not None:
+            print(f"{bench}: limit={info['limit']}: only the first images of split {info['name']}")
     return results

@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def prediction_path(root: str | Path, name: str, suffix: str = ".npy") -> Path:
-    """``<root>/<rgb relative path with its suffix replaced by .npy>``."""
-    return Path(root) / Path(name).with_suffix(suffix)
+    """``<root>/<rgb relative path with its suffix replaced by .npy>``; a ``name`` that is absolute
+    or climbs out of ``root`` is refused (``UnsafeNameError`` naming it)."""
+    from ppd_lightning.evaluation.datasets import confine_name
+
+    return Path(root) / Path(confine_name(name, "image name")).with_suffix(suffix)
 
 
 class SavedPredictions:
@@ -43,7 +46,19 @@ class SavedPredictions:
             raise FileNotFoundError(
                 f"no prediction for {name}: expected {path} (float32 HxW .npy, named after the rgb path)"
             )
-        arr = np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - truncated, pickled, .npz, text...: one named error
+            raise ValueError(
+                f"prediction {path}: not a readable .npy array ({type(e).__name__}: {e})"
+            ) from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise ValueError(f"prediction {path}: expected a numeric HxW array, got {got}")
+        if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+            arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:2])
+        if arr.ndim != 2 or 0 in arr.shape:
+            raise ValueError(f"prediction {path}: expected an HxW (or HxWx1) array, got shape {arr.shape}")
         return np.asarray(arr, np.float32)
 
 

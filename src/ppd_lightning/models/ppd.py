@@ -45,9 +45,11 @@ class PixelPerfectDepth(nn.Module):
         super().__init__()
         if dit.uses_semantics and encoder is None:
             raise ValueError(f"the {dit.variant} DiT needs a semantic encoder")
-        if encoder is not None and dit.uses_semantics and encoder.embed_dim != dit.semantic_dim:
+        if encoder is not None and dit.uses_semantics and encoder.dim_out != dit.semantic_dim:
             raise ValueError(
-                f"semantic encoder width {encoder.embed_dim} does not match the DiT's semantic_dim {dit.semantic_dim}"
+                f"semantic encoder width {encoder.dim_out} ({getattr(encoder, 'kind', '?')} tokens) does not "
+                f"match the DiT's semantic_dim {dit.semantic_dim}: pair ppd.pth with depth_anything_v2_vitl.pth "
+                "and ppd_moge.pth with moge2.pt"
             )
         self.dit = dit
         self.encoder = encoder if dit.uses_semantics else None

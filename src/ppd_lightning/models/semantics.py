@@ -1,10 +1,17 @@
-"""Frozen semantic encoder: Depth Anything V2's DINOv2 ViT, built from timm.
+"""Frozen semantic encoder: a DINOv2 ViT built from timm, with the two read-outs the released models use.
 
-It maps an RGB image in [0, 1] (sides multiples of 16) to L2-normalisable tokens on the H/16 x W/16
-grid exactly as Depth Anything V2's ``forward_semantics`` does: ImageNet normalisation, bicubic resize
-to (H/16*14, W/16*14), a patch-14 ViT whose position embedding is resized bicubically with
+It maps an RGB image in [0, 1] (sides multiples of 16) to tokens on the H/16 x W/16 grid. The ViT is the
+same in both cases: patch 14, position embedding resized bicubically with
 ``scale_factor = (grid + 0.1) / grid0`` (DINOv2's historical offset, not an exact-size resize, which
-gives different numbers), and the final-norm patch tokens of the last block.
+gives different numbers). What differs is the pre-processing and the read-out:
+
+- ``kind="da2"`` (Depth Anything V2's ``forward_semantics``, the PPD model): ImageNet normalisation,
+  then a bicubic resize to (H/16*14, W/16*14); the final-norm patch tokens of the last block
+  (width ``embed_dim``).
+- ``kind="moge2"`` (MoGe-2's DINOv2 encoder, the PPD-MoGe2 model): bilinear resize with antialias to
+  (H/16*14, W/16*14), then ImageNet normalisation; for each chosen block (``intermediate_layers``: an
+  int n = the last n blocks, or a list of block indices) its output normed by the final LayerNorm,
+  patch tokens through that block's 1x1 projection to ``dim_out``, summed over the chosen blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+ENCODER_KINDS = ("da2", "moge2")
+
 # DINOv2 family sizes (embed_dim, depth, num_heads). Every member has 64-dim heads.
 DINOV2_SIZES: dict[str, tuple[int, int, int]] = {
     "vits": (384, 12, 6),
@@ -30,8 +39,40 @@ DINOV2_SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
+def resolve_layers(intermediate_layers: int | list[int] | tuple[int, ...], depth: int) -> list[int]:
+    """MoGe-2's ``intermediate_layers`` -> ascending block indices (the order DINOv2 returns them in,
+    which is the order the projections are applied in). An int n = the last n blocks."""
+    if isinstance(intermediate_layers, bool):
+        raise ValueError(
+            f"intermediate_layers must be an int or a list of block indices, got {intermediate_layers!r}"
+        )
+    if isinstance(intermediate_layers, int):
+        if not 1 <= intermediate_layers <= depth:
+            raise ValueError(
+                f"intermediate_layers={intermediate_layers}: expected 1..{depth} (the ViT has {depth} blocks)"
+            )
+        return list(range(depth - intermediate_layers, depth))
+    layers = list(intermediate_layers)
+    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise ValueError(
+            f"intermediate_layers must be an int or a non-empty list of ints, got {intermediate_layers!r}"
+        )
+    if len(set(layers)) != len(layers) or not all(0 <= i < depth for i in layers):
+        raise ValueError(
+            f"intermediate_layers={layers}: expected distinct block indices in 0..{depth - 1} "
+            f"(the ViT has {depth} blocks)"
+        )
+    return sorted(layers)
+
+
 class SemanticEncoder(nn.Module):
-    """A frozen DINOv2 ViT producing (B, H/16 * W/16, C) tokens. Always in eval mode, never trained."""
+    """A frozen DINOv2 ViT producing (B, H/16 * W/16, dim_out) tokens. Always in eval mode, never trained.
+
+    ``embed_dim`` is the ViT's width; ``dim_out`` the tokens' width (= ``embed_dim`` for ``kind="da2"``,
+    the projections' width for ``kind="moge2"``). ``origin`` says where the weights came from
+    (``{"weights": path}`` or ``{"random_seed": s}``), set by the loaders; ``spec()`` is everything needed
+    to rebuild the encoder (recorded in our checkpoints).
+    """
 
     def __init__(
         self,
@@ -45,8 +86,23 @@ class SemanticEncoder(nn.Module):
         layer_scale: bool = True,
         interpolate_offset: float = 0.1,
         stride: int = 16,
+        kind: str = "da2",
+        intermediate_layers: int | list[int] | None = None,
+        dim_out: int | None = None,
     ):
         super().__init__()
+        if kind not in ENCODER_KINDS:
+            raise ValueError(f"unknown semantic encoder kind {kind!r}; expected one of {ENCODER_KINDS}")
+        if kind == "da2" and (intermediate_layers is not None or dim_out not in (None, embed_dim)):
+            raise ValueError(
+                "intermediate_layers/dim_out are MoGe-2 settings: use kind='moge2' (Depth Anything V2's "
+                "encoder reads out the last block at the ViT's width)"
+            )
+        if kind == "moge2" and (intermediate_layers is None or not dim_out or dim_out < 1):
+            raise ValueError(
+                "kind='moge2' needs intermediate_layers (int n or list of block indices) and dim_out (> 0), "
+                f"got intermediate_layers={intermediate_layers!r}, dim_out={dim_out!r}"
+            )
         extra = dict(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU) if swiglu else {}
         self.vit = VisionTransformer(
             img_size=img_size,
@@ -63,6 +119,37 @@ class SemanticEncoder(nn.Module):
         )
         self.embed_dim, self.patch_size, self.stride = embed_dim, patch_size, stride
         self.interpolate_offset = interpolate_offset
+        self.kind = kind
+        self._arch = dict(
+            kind=kind,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            patch_size=patch_size,
+            img_size=img_size,
+            mlp_ratio=float(mlp_ratio),
+            swiglu=bool(swiglu),
+            layer_scale=bool(layer_scale),
+            interpolate_offset=float(interpolate_offset),
+            stride=stride,
+        )
+        if kind == "moge2":
+            self.layers = resolve_layers(intermediate_layers, depth)
+            self.dim_out = int(dim_out)
+            self.projections = nn.ModuleList(
+                nn.Conv2d(embed_dim, self.dim_out, kernel_size=1) for _ in self.layers
+            )
+            self._arch.update(
+                intermediate_layers=intermediate_layers
+                if isinstance(intermediate_layers, int)
+                else [int(i) for i in intermediate_layers],
+                dim_out=self.dim_out,
+            )
+        else:
+            self.layers = [depth - 1]
+            self.dim_out = embed_dim
+            self.projections = None
+        self.origin: dict = {}
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -94,6 +181,10 @@ class SemanticEncoder(nn.Module):
     def train(self, mode: bool = True) -> SemanticEncoder:
         # Frozen: stays in eval mode whatever the parent module does.
         return super().train(False)
+
+    def spec(self) -> dict:
+        """Kind, sizes and origin (weights path or random seed): what rebuilds this encoder."""
+        return {**self._arch, **self.origin}
 
     def state_dict_dinov2(self) -> dict[str, torch.Tensor]:
         """Weights under DINOv2 names (as in depth_anything_v2_*.pth without 'pretrained.')."""
@@ -132,13 +223,28 @@ class SemanticEncoder(nn.Module):
         if H % self.stride or W % self.stride:
             raise ValueError(f"image height and width must be multiples of {self.stride}, got {H}x{W}")
         gh, gw = H // self.stride, W // self.stride
-        x = (image.float() - self.mean) / self.std
-        x = F.interpolate(
-            x, size=(gh * self.patch_size, gw * self.patch_size), mode="bicubic", align_corners=False
-        )
+        size = (gh * self.patch_size, gw * self.patch_size)
+        if self.kind == "da2":  # normalise, then bicubic
+            x = (image.float() - self.mean) / self.std
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        else:  # MoGe-2: antialiased bilinear, then normalise
+            x = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+            x = (x - self.mean) / self.std
         vit = self.vit
         x = vit.patch_embed(x.to(vit.cls_token.dtype)).flatten(1, 2)  # (B, N, C)
         x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + self._pos_embed(gh, gw)
-        x = vit.blocks(x)
-        return vit.norm(x)[:, 1:]
+        if self.projections is None:
+            return vit.norm(vit.blocks(x))[:, 1:]
+        out = None
+        chosen = iter(zip(self.layers, self.projections))
+        layer, proj = next(chosen)
+        for i, block in enumerate(vit.blocks[: self.layers[-1] + 1]):
+            x = block(x)
+            if i != layer:
+                continue
+            tokens = vit.norm(x)[:, 1:].transpose(1, 2).unflatten(2, (gh, gw))  # (B, C, gh, gw)
+            y = proj(tokens.to(proj.weight.dtype))
+            out = y if out is None else out + y
+            layer, proj = next(chosen, (None, None))
+        return out.flatten(2).transpose(1, 2)  # (B, gh*gw, dim_out)

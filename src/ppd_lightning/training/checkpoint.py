@@ -13,7 +13,7 @@ from ppd_lightning import atomic
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
 from ppd_lightning.models.ppd import TRAIN_AREA
 from ppd_lightning.official import CheckpointError, load_strict
-from ppd_lightning.training.encoders import build_semantic_encoder
+from ppd_lightning.training.encoders import build_from_spec, build_semantic_encoder
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -70,21 +70,40 @@ def load_model_from_checkpoint(
 ) -> PixelPerfectDepth:
     """A training checkpoint -> PixelPerfectDepth (EMA weights when present and ``use_ema``).
 
-    The frozen encoder is not stored in our checkpoints; it is rebuilt from the run's config (its weights
-    file, or the seeded random encoder of the demo), or from ``encoder_weights`` if given. ``infer`` works
-    at the checkpoint's training area by default (a 512x512 stage-1 model at 512x512, the CPU demo at its
-    48x64), so a model is not run at a resolution it never saw unless asked to."""
+    The frozen encoder's weights are not stored in our checkpoints; its spec is
+    (``checkpoint["semantic_encoder"]``: kind ``da2``/``moge2``, sizes, and the weights file or the demo's
+    random seed), and the encoder is rebuilt from it, from ``encoder_weights`` if given (the file must
+    have the recorded kind and sizes). Checkpoints written before the spec was recorded fall back to the
+    run's ``model.encoder`` config. ``infer`` works at the checkpoint's training area by default (a
+    512x512 stage-1 model at 512x512, the CPU demo at its 48x64), so a model is not run at a resolution it
+    never saw unless asked to."""
     ckpt = read_checkpoint(path, map_location)
     hp = ckpt["hyper_parameters"]
-    dit = CascadeSPDiT(**hp["dit"])
+    dit_cfg = dict(hp["dit"])
+    spec = ckpt.get("semantic_encoder")
+    encoder = None
+    needs_encoder = dit_cfg.get("variant", "cascade") != "vanilla"
+    try:
+        if needs_encoder and isinstance(spec, dict):
+            encoder = build_from_spec(spec, weights=encoder_weights)
+        elif needs_encoder:
+            legacy = dict(hp["encoder"])
+            if encoder_weights:
+                legacy["weights"] = encoder_weights
+            encoder = build_semantic_encoder(**legacy)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild its semantic encoder: {e}") from e
+    if dit_cfg.get("semantic_dim", 1) is None:  # "follows the encoder" in the run's config
+        if encoder is None:
+            raise CheckpointError(
+                f"{path}: model.dit.semantic_dim is null and no semantic encoder is recorded"
+            )
+        dit_cfg["semantic_dim"] = encoder.dim_out
+    dit = CascadeSPDiT(**dit_cfg)
     sd, _ = dit_state_from_checkpoint(ckpt, use_ema)
     load_strict(dit, sd, str(path))
-    encoder = None
-    if dit.uses_semantics:
-        spec = dict(hp["encoder"])
-        if encoder_weights:
-            spec["weights"] = encoder_weights
-        encoder = build_semantic_encoder(**spec)
+    if not dit.uses_semantics:
+        encoder = None
     area = training_area(ckpt) or TRAIN_AREA
     return PixelPerfectDepth(dit, encoder, steps=hp.get("val_steps", 4), area=area).to(map_location).eval()
 

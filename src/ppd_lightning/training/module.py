@@ -20,9 +20,10 @@ from torch import nn
 
 from ppd_lightning.evaluation.align import align_log_ransac
 from ppd_lightning.evaluation.metrics import DepthMetrics
-from ppd_lightning.flow import DepthTargetTransform, FlowMatching, LogitNormalTimesteps
-from ppd_lightning.losses import MultiScaleGradientLoss, masked_mse, semantic_alignment_loss
+from ppd_lightning.flow import DepthTargetTransform, LogitNormalTimesteps
+from ppd_lightning.losses import semantic_alignment_loss
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
+from ppd_lightning.objective import training_loss
 from ppd_lightning.training.encoders import build_semantic_encoder
 
 
@@ -52,9 +53,13 @@ class PPDLightningModule(L.LightningModule):
         step). A factory with a ``total_steps`` parameter that the config leaves out gets the number of
         optimizer steps this fit will take (``trainer.estimated_stepping_batches``: epochs, epoch length,
         gradient accumulation and devices included); an explicit ``total_steps: null`` means none.
-    timesteps: logit-normal ``loc`` and ``scale``.
-    target: DepthTargetTransform arguments.
+    timesteps: ``LogitNormalTimesteps`` arguments: logit-normal ``loc`` and ``scale``, ``grid`` (1000: the
+        release's rounded integer timesteps; null = continuous), ``uniform_fraction`` (the demo's option).
+    target: DepthTargetTransform arguments (quantiles, valid range ``min_depth`` < d < ``max_depth``, sky at
+        ``max_depth + sky_margin``).
     grad_loss_weight: weight of the multi-scale gradient loss on the x0 prediction (0.2 at 1024x768).
+    The loss is ``ppd_lightning.objective.training_loss`` (the release's objective); this module only draws
+    the noise and timesteps and adds the optional alignment loss.
     align_loss_weight / align_block: REPA-style alignment of the DiT tokens after ``align_block`` with the
         semantic tokens (ablation only).
     ema_decay: EMA of the DiT weights (None disables); used for validation and export when enabled.
@@ -85,28 +90,35 @@ class PPDLightningModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        built = None
+        if dit.get("semantic_dim", 1) is None:  # follows the encoder's width (encoder=moge2: its dim_out)
+            built = build_semantic_encoder(**encoder)
+            dit = {**dit, "semantic_dim": built.dim_out}
+            self.hparams["dit"] = dit  # checkpoints record the resolved width
         self.dit = CascadeSPDiT(**dit)
         self.encoder = (
-            build_semantic_encoder(**encoder) if self.dit.uses_semantics or align_loss_weight > 0 else None
+            (built or build_semantic_encoder(**encoder))
+            if self.dit.uses_semantics or align_loss_weight > 0
+            else None
         )
         if (
             self.encoder is not None
             and self.dit.uses_semantics
-            and self.encoder.embed_dim != self.dit.semantic_dim
+            and self.encoder.dim_out != self.dit.semantic_dim
         ):
             raise ValueError(
-                f"model.encoder width {self.encoder.embed_dim} != model.dit.semantic_dim {self.dit.semantic_dim}"
+                f"model.encoder width {self.encoder.dim_out} != model.dit.semantic_dim {self.dit.semantic_dim}"
             )
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.flow = FlowMatching(LogitNormalTimesteps(**(timesteps or {})))
+        self.timesteps = LogitNormalTimesteps(**(timesteps or {}))
         self.target = DepthTargetTransform(**(target or {}))
-        self.grad_loss = MultiScaleGradientLoss(grad_loss_scales) if grad_loss_weight > 0 else None
-        self.grad_loss_weight, self.align_loss_weight = grad_loss_weight, align_loss_weight
+        self.grad_loss_weight, self.grad_loss_scales = grad_loss_weight, grad_loss_scales
+        self.align_loss_weight = align_loss_weight
         if align_loss_weight > 0:
             self.align_block = self.dit.depth // 2 - 1 if align_block is None else align_block
             h = self.dit.hidden_size
             self.align_projector = nn.Sequential(
-                nn.Linear(h, 2 * h), nn.SiLU(), nn.Linear(2 * h, self.encoder.embed_dim)
+                nn.Linear(h, 2 * h), nn.SiLU(), nn.Linear(2 * h, self.encoder.dim_out)
             )
         self.ema_decay = ema_decay
         self.ema = EMA(ema_decay) if ema_decay else None
@@ -184,6 +196,8 @@ class PPDLightningModule(L.LightningModule):
         for k in [k for k in sd if k.startswith("encoder.")]:
             del sd[k]
         checkpoint["ppd"] = {"skipped_steps": self.skipped_steps, "corrupt_samples": self.corrupt_samples}
+        if self.encoder is not None:  # kind, sizes, weights file or seed: what rebuilds it on load
+            checkpoint["semantic_encoder"] = self.encoder.spec()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.encoder is not None:
@@ -201,25 +215,12 @@ class PPDLightningModule(L.LightningModule):
         g.manual_seed(hash((self.seed, self.global_rank) + salt) % (2**63))
         return g
 
-    def depth_and_mask(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sky (when marked) is valid and pushed just beyond the farthest depth of its image."""
-        depth, mask = batch["depth"].float(), batch["mask"].bool()
-        sky = batch.get("sky")
-        if sky is None or not bool(sky.any()):
-            return depth, mask
-        sky = sky.bool() & ~mask
-        far = torch.where(mask, depth, torch.zeros_like(depth)).amax(dim=(1, 2, 3), keepdim=True)
-        depth = torch.where(sky, far * 1.05 + 1e-3, depth)
-        return depth, mask | sky
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image = batch["image"]
-        depth, mask = self.depth_and_mask(batch)
-        x0, _ = self.target(depth, mask)
-        self._accumulate_mean_target(x0)
-        semantics = self.encoder(image) if self.encoder is not None else None
+        B = image.shape[0]
         g = self._generator(int(self.global_step), batch_idx)
-        fm = self.flow.prepare(x0, generator=g)
+        t = self.timesteps(B, image.device, g)
+        noise = torch.randn((B, 1, *image.shape[-2:]), device=image.device, generator=g)
         features = {}
         hook = None
         if self.align_loss_weight > 0:
@@ -227,23 +228,29 @@ class PPDLightningModule(L.LightningModule):
                 lambda m, i, o: features.update(x=o)
             )
         try:
-            v = self.dit(fm["x_t"], image, semantics if self.dit.uses_semantics else None, fm["t"])
+            out = training_loss(
+                self.dit,
+                self.encoder,
+                batch,
+                noise=noise,
+                t=t,
+                grad_loss_weight=self.grad_loss_weight,
+                grad_loss_scales=self.grad_loss_scales,
+                target=self.target,
+            )
         finally:
             if hook is not None:
                 hook.remove()
-        v = v.float()
-        loss_v = masked_mse(v, fm["velocity"], mask)
-        loss = loss_v
-        logs = {"train/loss_velocity": loss_v}
-        if self.grad_loss is not None:
-            x0_hat = self.flow.path.x0_from_velocity(fm["x_t"], v, fm["t"])
-            loss_g = self.grad_loss(x0_hat, x0, mask)
-            loss = loss + self.grad_loss_weight * loss_g
-            logs["train/loss_gradient"] = loss_g
+        self._accumulate_mean_target(out["target"])
+        loss = out["loss"]
+        logs = {"train/loss_velocity": out["loss_velocity"]}
+        if "loss_gradient" in out:
+            logs["train/loss_gradient"] = out["loss_gradient"]
         if self.align_loss_weight > 0:
             H, W = image.shape[-2:]
             grid = self._block_grid(self.align_block, H, W)
             sem_grid = (H // 16, W // 16)
+            semantics = out["semantics"] if out["semantics"] is not None else self.encoder(image)
             loss_a = semantic_alignment_loss(features["x"], semantics, self.align_projector, grid, sem_grid)
             loss = loss + self.align_loss_weight * loss_a
             logs["train/loss_align"] = loss_a
@@ -254,8 +261,8 @@ class PPDLightningModule(L.LightningModule):
         if n_corrupt is not None:
             self.corrupt_samples += int(n_corrupt.sum())
             logs["data/corrupt_samples"] = float(self.corrupt_samples)
-        self.log_dict(logs, prog_bar=False, batch_size=image.shape[0])
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=image.shape[0])
+        self.log_dict(logs, prog_bar=False, batch_size=B)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=B)
         return loss
 
     def _block_grid(self, block: int, H: int, W: int) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import importlib
 import re
 from types import ModuleType
 
-SOURCES = ("synthetic", "hypersim", "vkitti2", "tartanair", "urbansyn", "unrealstereo4k")
+SOURCES = ("synthetic", "hypersim", "vkitti2", "tartanair", "urbansyn", "unrealstereo4k", "folder")
 
 
 class SourceError(ValueError):

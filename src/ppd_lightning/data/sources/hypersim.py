@@ -5,7 +5,9 @@
 
 ``depth_meters`` is the Euclidean distance to the camera centre; it is converted to planar depth
 with each pixel's ray: ``z = dist / |((u - cx) / f, (v - cy) / f, 1)|``, focal 886.81 px at 1024x768
-(scaled with the width), principal point at the image centre. NaN = invalid. Indoor: no sky.
+(scaled with the width), principal point at the image centre. NaN = invalid; as the release's loader,
+only 0.1 < z < 65 m is valid (``VALID_RANGE``; the data loader applies the same range to shards read).
+Indoor: no sky.
 The tonemapped JPEG is stored unchanged (``rgb.jpg``) unless ``--rgb-format`` says otherwise.
 """
 
@@ -23,6 +25,7 @@ NAME = "hypersim"
 # one line for error messages: the files a sample is made of, relative to the root
 LAYOUT = "<scene>/images/scene_<cam>_final_preview/frame.<NNNN>.tonemap.jpg + scene_<cam>_geometry_hdf5/frame.<NNNN>.depth_meters.hdf5"
 FOCAL_1024 = 886.81
+VALID_RANGE = (0.1, 65.0)  # metres, exclusive: the release's Hypersim read_depth
 
 
 def list_items(root: str, **_options) -> list[tuple[str, str]]:
@@ -62,10 +65,11 @@ def load_item(root: str, item: tuple[str, str], **_options) -> RawSample:
     focal = FOCAL_1024 * w / 1024.0
     with np.errstate(invalid="ignore"):
         depth = distance_to_planar(dist, focal)
+        depth[~((depth > VALID_RANGE[0]) & (depth < VALID_RANGE[1]))] = np.nan  # invalid, as NaN already is
     scene = Path(item[0]).parts[0]
     cam = Path(item[0]).parts[2].replace("scene_", "").replace("_final_preview", "")
     frame = Path(item[0]).name.split(".")[1]
     meta = {"dataset": NAME, "fx": focal, "fy": focal, "cx": w / 2 - 0.5, "cy": h / 2 - 0.5}
-    meta["source"] = item[0]
+    meta.update(source=item[0], valid_range=list(VALID_RANGE))
     key = sanitize_key(f"{scene}-{cam}-{frame}")
     return RawSample(key=key, rgb=rgb, depth=depth, meta=meta, rgb_bytes=data, rgb_format="jpg")

@@ -25,6 +25,8 @@ NAME = "urbansyn"
 LAYOUT = "rgb/rgb_<NNNN>.png + depth/depth_<NNNN>.exr"
 DEPTH_SCALE = 1e5
 ASSUMED_HFOV_DEG = 90.0
+# the channel names depth is stored under, in the order tried when a file has several
+EXR_DEPTH_CHANNELS = ("Y", "Z", "depth", "Depth", "D", "R")
 
 
 def list_items(root: str, **_options) -> list[tuple[str, str]]:
@@ -35,21 +37,39 @@ def list_items(root: str, **_options) -> list[tuple[str, str]]:
     return items
 
 
-def read_exr_channel(path: str | Path, channel: str = "Y") -> np.ndarray:
+def read_exr_channel(path: str | Path, channel: str | None = "Y") -> np.ndarray:
+    """One channel of an EXR file as float32 (H, W). ``channel=None`` takes the only channel of a
+    single-channel file, else the first of ``EXR_DEPTH_CHANNELS`` present."""
     try:
         import OpenEXR
     except ImportError:
-        raise SourceError("reading UrbanSyn depth needs the OpenEXR package: pip install OpenEXR") from None
+        raise SourceError(
+            f"{path}: reading EXR depth needs the OpenEXR package: pip install OpenEXR"
+        ) from None
     if not Path(path).is_file():
         raise SourceError(f"{path}: no such file")
     try:
         with OpenEXR.File(str(path)) as f:
             channels = f.channels()
+            if channel is None:
+                names = sorted(channels)
+                if len(names) == 1:
+                    channel = names[0]
+                else:
+                    channel = next((c for c in EXR_DEPTH_CHANNELS if c in channels), None)
+                    if channel is None:
+                        raise SourceError(
+                            f"{path}: cannot tell which EXR channel is depth (has {names}); "
+                            "name it with --exr-channel"
+                        )
             if channel not in channels:
                 raise SourceError(f"{path}: no EXR channel {channel!r} (has {sorted(channels)})")
-            return np.asarray(channels[channel].pixels, dtype=np.float32)
+            arr = np.asarray(channels[channel].pixels, dtype=np.float32)
     except (OSError, RuntimeError) as exc:
         raise SourceError(f"{path}: cannot read EXR ({exc})") from None
+    if arr.ndim != 2:
+        raise SourceError(f"{path}: EXR channel {channel!r} must be (H, W), got shape {arr.shape}")
+    return arr
 
 
 def load_item(root: str, item: tuple[str, str], **_options) -> RawSample:
