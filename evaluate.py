@@ -10,9 +10,14 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from ppd_lightning.evaluation.run import evaluate
+    from ppd_lightning.errors import exit_on_user_error
 
-    evaluate(cfg)
+    with (
+        exit_on_user_error()
+    ):  # one line `error: ...` (PPD_TRACEBACK=1: the traceback); README "What happens when…"
+        from ppd_lightning.evaluation.run import evaluate
+
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,14 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from ppd_lightning.training.run import train
+    from ppd_lightning.errors import exit_on_user_error
 
-    return train(cfg)["objective"]
+    with (
+        exit_on_user_error()
+    ):  # one line `error: ...` (PPD_TRACEBACK=1: the traceback); README "What happens when…"
+        from ppd_lightning.training.run import train
+
+        return train(cfg)["objective"]
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ppd_lightning.data.codec import decode_sample, encode_sample
 from ppd_lightning.data.datamodule import DepthShardDataModule
-from ppd_lightning.data.format import decode_sample, encode_sample, write_shard_atomic
+from ppd_lightning.data.shards import write_shard_atomic
 from ppd_lightning.data.sources.synthetic import render_scene
 
 

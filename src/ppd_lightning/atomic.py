@@ -8,9 +8,11 @@ reader never sees a half-written file and a crash leaves the previous version (o
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,27 +20,76 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["replacing", "write_bytes", "write_json", "write_npy", "write_text"]
+from ppd_lightning.errors import DiskFullError
+
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+__all__ = ["remove_stale_temporaries", "replacing", "write_bytes", "write_json", "write_npy", "write_text"]
+
+# ``.<target name>.<writer pid>.<8 hex>.tmp``, beside the target (see ``replacing``)
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries ``replacing`` left in ``directory`` (not its subdirectories) when its
+    writer was killed (``kill -9``, OOM, power loss): files named like ours whose writer process is gone.
+    A temporary of a process still running on this machine is kept (it may be mid-write). Returns the
+    deleted paths; a missing directory has none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.iterdir():
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or not entry.is_file() or entry.is_symlink():
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing. On a clean exit it is flushed, fsynced
-    and renamed over ``path``; on an exception it is deleted and ``path`` is left as it was.
+    and renamed over ``path``; on an exception it is deleted and ``path`` is left as it was. A full disk
+    (``ENOSPC``, or a full quota) is a :class:`~ppd_lightning.errors.DiskFullError` naming ``path``.
 
     The temporary file is created exclusively with the umask's permissions (``mkstemp`` would make it
     0600, and every result file owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_path(path)
     try:
         with open(tmp, "xb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL and not isinstance(e, DiskFullError):
+            raise DiskFullError(
+                e.errno, f"{path}: disk full (no space left on device while writing; {path} left as it was)"
+            ) from e
         raise
 
 

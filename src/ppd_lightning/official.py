@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ppd_lightning.errors import CheckpointError
 from ppd_lightning.models.dit import CascadeSPDiT
 from ppd_lightning.models.ppd import PixelPerfectDepth
 from ppd_lightning.models.semantics import (
@@ -37,8 +38,14 @@ MOGE2_NORMALISATION_KEYS = ("encoder.image_mean", "encoder.image_std")
 MOGE2_IGNORED_PREFIXES = ("neck.", "points_head.", "mask_head.", "normal_head.", "scale_head.")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and what was expected."""
+__all__ = [
+    "CheckpointError",  # defined in ppd_lightning.errors, kept importable from here
+    "load_dit",
+    "load_pixel_perfect_depth",
+    "load_semantic_encoder",
+    "load_torch_file",
+    "read_state_dict",
+]
 
 
 def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
@@ -48,23 +55,43 @@ def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
     return _as_state_dict(*_read_object(source))
 
 
-def _read_object(source: str | os.PathLike) -> tuple[object, str]:
-    """What the file holds (weights_only torch.load or safetensors), and its name for messages."""
+def load_torch_file(source: str | os.PathLike, map_location="cpu") -> object:
+    """``torch.load(..., weights_only=True)`` (or safetensors for ``.safetensors``) with every failure as
+    one :class:`CheckpointError` naming the file: missing, empty, truncated, not a checkpoint at all (a
+    random zip, text), or a pickle holding more than tensors and plain containers."""
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: cannot read checkpoint: the file is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path), device=str(map_location))
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is one clear error naming the file
+        if "Weights only load failed" in str(e):  # a pickle of other Python objects
+            raise CheckpointError(
+                f"{path}: cannot read checkpoint: not a file of tensors and plain containers (another "
+                "program's pickled Python objects, or no pickle at all; refused, as unpickling other objects "
+                "could run arbitrary code)"
+            ) from e
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch (torch.save)"
+        text = str(e)
+        if "PytorchStreamReader" in text or "inline_container" in text or isinstance(e, EOFError):
+            detail = "its archive is incomplete or is not a torch.save archive"
+        else:  # the reader's own words, first sentence only
+            detail = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".split(". ")[0][:160]
         raise CheckpointError(
-            f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]
+            f"{path}: cannot read checkpoint ({size} bytes): truncated, or not a {kind} checkpoint ({detail})"
         ) from e
-    return sd, str(path)
+
+
+def _read_object(source: str | os.PathLike) -> tuple[object, str]:
+    """What the file holds (weights_only torch.load or safetensors), and its name for messages."""
+    return load_torch_file(source), str(Path(source))
 
 
 def _as_state_dict(sd: object, path: str) -> tuple[dict[str, torch.Tensor], str]:

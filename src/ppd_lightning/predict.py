@@ -4,17 +4,23 @@
     python -m ppd_lightning.predict photos/*.jpg --dit ppd_moge.pth --semantics moge2.pt --out out/
     python -m ppd_lightning.predict photo.png --ckpt outputs/train/<run>/checkpoints/last.ckpt --out out/
 
-For every image ``<name>``: ``<name>_depth.npy`` (float32 H x W, the model's relative depth: normalised
+Outputs mirror the images' paths relative to the folder the inputs have in common (``d1/photo.png`` and
+``d2/photo.png`` -> ``<out>/d1/photo_*`` and ``<out>/d2/photo_*``; two images that differ only by their
+suffix keep it: ``photo_png_*``, ``photo_jpg_*``). For every image ``<name>``: ``<name>_depth.npy`` (float32 H x W, the model's relative depth: normalised
 log-depth, 0 = near end, 1 = far end of the scene), ``<name>_depth.png`` (colourised), ``<name>_panel.png``
 (image | depth) and, with ``--ply``, ``<name>.ply``: a coloured point cloud. PPD's depth is relative
 (affine in log(d + 1)), so the point cloud maps it to metres with an assumed ``--depth-range`` and a
 pinhole camera of ``--fov`` degrees (horizontal), or ``--focal`` pixels.
+
+Every image written is listed (``<image> -> <outputs>``); an image that cannot be read or predicted is
+reported and skipped, and the command then exits with status 1 after the others are done.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ppd_lightning import atomic, visualize
+from ppd_lightning.errors import DiskFullError, exit_on_user_error, is_user_error, one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -42,20 +49,45 @@ def relative_to_metric(rel: np.ndarray, near: float, far: float) -> np.ndarray:
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
+    """Image files of the inputs (a directory: its images, not recursive), each once, in order."""
     paths: list[Path] = []
+    seen: set[str] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file():
-            paths.append(p)
+            found = [p]
         else:
             raise FileNotFoundError(f"{p}: no such image file or directory")
+        for q in found:
+            if os.path.abspath(q) not in seen:
+                seen.add(os.path.abspath(q))
+                paths.append(q)
     if not paths:
         raise FileNotFoundError(
             f"no images found in {inputs} (expected files with suffix {sorted(IMAGE_SUFFIXES)})"
         )
     return paths
+
+
+def output_names(images: list[Path]) -> list[Path]:
+    """One distinct relative output base per image (no suffix): its path relative to the folder all
+    images share, without the suffix; images that would still collide (``photo.png``, ``photo.jpg``)
+    keep their suffix in the name (``photo_png``, ``photo_jpg``)."""
+    absolute = [Path(os.path.abspath(p)) for p in images]
+    root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    bases = [p.relative_to(root).with_suffix("") for p in absolute]
+    counts: dict[str, int] = {}
+    for b in bases:
+        counts[str(b).lower()] = counts.get(str(b).lower(), 0) + 1
+    names = [
+        b.with_name(f"{b.name}_{p.suffix.lstrip('.').lower()}") if counts[str(b).lower()] > 1 else b
+        for b, p in zip(bases, absolute)
+    ]
+    if len({str(n).lower() for n in names}) != len(names):  # e.g. photo.png and photo.PNG: numbered
+        names = [n.with_name(f"{n.name}_{i}") for i, n in enumerate(names)]
+    return names
 
 
 def load_model(args: argparse.Namespace):
@@ -115,33 +147,72 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--depth-range needs 0 <= NEAR < FAR, got {near} {far}")
 
     images = collect_images(args.images)
+    names = output_names(images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     model = load_model(args).to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for path in tqdm(images, desc="predicting", unit="image"):
-        rgb = read_rgb(path)
-        image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(device)
-        g = torch.Generator(device=device).manual_seed(args.seed)
-        with torch.no_grad(), autocast:
-            rel = model.infer(image, steps=args.steps, generator=g, area=args.area)
-        rel = rel[0, 0].float().cpu().numpy()
-        stem = out / path.stem
-        atomic.write_npy(f"{stem}_depth.npy", rel)
-        colour = visualize.colorize_depth(rel - rel.min() + 1e-3)
-        visualize.write_image(f"{stem}_depth.png", colour)
-        visualize.write_image(f"{stem}_panel.png", visualize.side_by_side([rgb, colour], ["image", "depth"]))
-        if args.ply:
-            depth = relative_to_metric(rel, near, far)
-            h, w = depth.shape
-            focal = args.focal or (w / 2) / math.tan(math.radians(args.fov) / 2)
-            valid = np.isfinite(depth) & (depth > 0)
-            pts = visualize.depth_to_points(depth, (focal, focal, (w - 1) / 2, (h - 1) / 2), valid)
-            visualize.write_ply(f"{stem}.ply", pts, rgb[valid])
-    print(f"wrote {len(images)} prediction(s) to {out}")
+    written: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    for path, name in zip(tqdm(images, desc="predicting", unit="image"), names):
+        stem = out / name
+        try:
+            files = predict_one(model, path, stem, args, device, autocast)
+        except DiskFullError:
+            raise  # nothing more can be written
+        except Exception as e:  # noqa: BLE001 - one bad image is reported, the others go on
+            if not is_user_error(e) and not isinstance(e, (OSError, cv2.error)):
+                raise
+            failed.append((path, one_line(e)))
+            tqdm.write(f"skipped {path}: {one_line(e)}", file=sys.stderr)
+            continue
+        written += files
+        tqdm.write(f"{path} -> {', '.join(str(f) for f in files)}")
+    n_ok = len(images) - len(failed)
+    print(f"wrote {n_ok} of {len(images)} prediction(s) ({len(written)} files) to {out}")
+    if failed:
+        print(f"error: {len(failed)} image(s) failed:", file=sys.stderr)
+        for path, why in failed:
+            print(f"  {path}: {why}", file=sys.stderr)
+        return 1
     return 0
 
 
+def predict_one(model, path: Path, stem: Path, args, device, autocast) -> list[Path]:
+    """Depth of one image -> the files written (``<stem>_depth.npy`` ...)."""
+    rgb = read_rgb(path)
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(device)
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    with torch.no_grad(), autocast:
+        rel = model.infer(image, steps=args.steps, generator=g, area=args.area)
+    rel = rel[0, 0].float().cpu().numpy()
+    if not np.isfinite(rel).all():
+        raise ValueError(
+            f"{path}: the model predicted non-finite depth ({int((~np.isfinite(rel)).sum())} pixels)"
+        )
+    files = [atomic.write_npy(f"{stem}_depth.npy", rel)]
+    colour = visualize.colorize_depth(rel - rel.min() + 1e-3)
+    files.append(visualize.write_image(f"{stem}_depth.png", colour))
+    panel = visualize.side_by_side([rgb, colour], ["image", "depth"])
+    files.append(visualize.write_image(f"{stem}_panel.png", panel))
+    if args.ply:
+        near, far = args.depth_range
+        depth = relative_to_metric(rel, near, far)
+        h, w = depth.shape
+        focal = args.focal or (w / 2) / math.tan(math.radians(args.fov) / 2)
+        valid = np.isfinite(depth) & (depth > 0)
+        pts = visualize.depth_to_points(depth, (focal, focal, (w - 1) / 2, (h - 1) / 2), valid)
+        files.append(visualize.write_ply(f"{stem}.ply", pts, rgb[valid]))
+    return files
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m ppd_lightning.predict``: ``main`` with its errors as one line (PPD_TRACEBACK=1: traceback)."""
+    with exit_on_user_error():
+        return main(argv)
+    return 1  # pragma: no cover
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -12,8 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import val_batches  # noqa: E402
 
-from ppd_lightning.data.format import decode_sample, iter_tar_samples  # noqa: E402
+from ppd_lightning.data.codec import decode_sample  # noqa: E402
 from ppd_lightning.data.make_shards import main, verify_shards  # noqa: E402
+from ppd_lightning.data.shards import iter_tar_samples  # noqa: E402
 from ppd_lightning.data.sources import SourceError  # noqa: E402
 from ppd_lightning.data.sources.folder import list_items, read_pfm  # noqa: E402
 

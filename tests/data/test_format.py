@@ -1,18 +1,18 @@
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
 import pytest
 
-from ppd_lightning.data.format import (
+from ppd_lightning.data.codec import SampleError, decode_sample, encode_sample
+from ppd_lightning.data.shards import (
     AtomicShardWriter,
-    SampleError,
     ShardError,
-    decode_sample,
-    encode_sample,
     expand_shard_urls,
     iter_tar_samples,
+    stale_temporaries,
     write_shard_atomic,
 )
 
@@ -128,6 +128,69 @@ def test_atomic_writer_leaves_nothing_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _sample(key: str, payload: bytes) -> dict:
+    return {"__key__": key, "x.txt": payload}
+
+
+def test_atomic_writer_streams_to_a_temporary_beside_the_shard_and_renames_on_commit(tmp_path):
+    path = tmp_path / "d" / "s-000000.tar"  # parent created
+    with AtomicShardWriter(path) as w:
+        w.write(_sample("a", b"1"))
+        assert w.tmp.parent == path.parent and w.tmp != path and w.tmp.is_file()
+        assert not path.exists()  # nothing under the final name before commit
+        assert w.commit() == path.stat().st_size
+        with pytest.raises(ValueError, match="already committed"):
+            w.write(_sample("b", b"2"))
+    assert w.count == 1 and not w.tmp.exists()
+    assert os.listdir(path.parent) == ["s-000000.tar"]
+    with open(path, "rb") as fh:
+        assert [s["x.txt"] for s in iter_tar_samples(fh, str(path))] == [b"1"]
+
+
+def test_atomic_writer_abort_and_early_exit_keep_the_old_shard(tmp_path):
+    path = tmp_path / "s.tar"
+    write_shard_atomic(path, [_sample("old", b"0")])
+    old = path.read_bytes()
+    w = AtomicShardWriter(path)
+    w.write(_sample("new", b"1"))
+    w.abort()
+    w.abort()  # idempotent
+    with pytest.raises(ValueError, match="aborted"):
+        w.commit()
+    with AtomicShardWriter(path) as w2:  # left without commit: dropped like an error
+        w2.write(_sample("new", b"1"))
+    assert path.read_bytes() == old and os.listdir(tmp_path) == ["s.tar"]
+
+
+def test_atomic_writer_failed_rename_keeps_the_old_shard_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "s.tar"
+    write_shard_atomic(path, [_sample("old", b"0")])
+    old = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("rename refused")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="rename refused"):
+        write_shard_atomic(path, [_sample("new", b"1")])
+    assert path.read_bytes() == old and os.listdir(tmp_path) == ["s.tar"]
+
+
+def test_temporaries_of_a_killed_writer_are_recognised_as_stale(tmp_path):
+    w = AtomicShardWriter(tmp_path / "src-000003.tar")  # never committed nor aborted: a killed run
+    w.write(_sample("a", b"1"))
+    w._fh.flush()
+    legacy = tmp_path / "src-000001.tar.tmp-12-34"  # named by earlier versions
+    legacy.write_bytes(b"partial")
+    (tmp_path / "src-000000.tar").write_bytes(b"")  # a shard, not a temporary
+    (tmp_path / ".other-000000.tar.1.ab.tmp").write_bytes(b"")  # another source's
+    assert stale_temporaries(tmp_path, "src-*.tar") == sorted([w.tmp, legacy])
+    w.abort()
+    assert stale_temporaries(tmp_path, "src-*.tar") == [legacy]
+    (tmp_path / ".manifest.json.77.0c0d.tmp").write_bytes(b"{")
+    assert stale_temporaries(tmp_path, "manifest.json") == [tmp_path / ".manifest.json.77.0c0d.tmp"]
+
+
 def test_expand_shard_urls(tmp_path):
     for i in range(3):
         (tmp_path / f"d-{i:06d}.tar").write_bytes(b"")
@@ -145,8 +208,11 @@ def test_stock_webdataset_reads_our_shards(tmp_path):
     from ppd_lightning.data.make_shards import write_shards
 
     manifest = write_shards(
-        "synthetic", tmp_path, options={"num_samples": 3, "height": 24, "width": 32, "seed": 0},
-        samples_per_shard=2, progress=False,
+        "synthetic",
+        tmp_path,
+        options={"num_samples": 3, "height": 24, "width": 32, "seed": 0},
+        samples_per_shard=2,
+        progress=False,
     )
     samples = list(wds.WebDataset(manifest["pattern"], shardshuffle=False).decode("rgb8"))
     assert len(samples) == 3

@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ppd_lightning.data.format import encode_sample, write_shard_atomic
+from ppd_lightning.data.codec import encode_sample
 from ppd_lightning.data.make_shards import main, verify_shards, write_shards
+from ppd_lightning.data.shards import write_shard_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +81,7 @@ def test_kill_9_leaves_no_orphan_workers_and_the_rerun_manifest_matches_verify(t
     report = verify_shards(str(out), progress=False)
     assert report["bad"] == [] and report["samples"] == n
     assert _manifest_count(out) == report["samples"]
-    assert not list(out.glob("*.tmp-*"))
+    assert not list(out.glob("*.tmp-*")) and not list(out.glob(".*.tmp"))
 
 
 def test_manifest_is_rebuilt_from_the_shards_on_disk(tmp_path):

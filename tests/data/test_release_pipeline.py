@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from ppd_lightning.data.codec import DepthSample, encode_sample
 from ppd_lightning.data.datamodule import DepthShardDataModule
-from ppd_lightning.data.format import DepthSample, encode_sample
 from ppd_lightning.data.transforms import CropResize, ReleaseResize, restrict_depth_range
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -46,9 +46,11 @@ def test_ensure_synthetic_shards_idempotent_resumable_and_guarded(tmp_path):
     first = out.joinpath(paths[1]).read_bytes()
     out.joinpath(paths[1]).unlink()  # simulate an interrupted run
     (out / "synthetic-000001.tar.tmp-1-2").write_bytes(b"partial")
+    (out / ".synthetic-000001.tar.1.0a0b.tmp").write_bytes(b"partial")  # atomic.replacing's naming
+    (out / ".manifest.json.1.0c0d.tmp").write_bytes(b"{")  # the parent killed while writing the manifest
     assert ensure_synthetic_shards(out, 6, 24, 32, 1, 4, progress=False) == paths
     assert out.joinpath(paths[1]).read_bytes() == first  # deterministic bytes
-    assert not list(out.glob("*.tmp-*"))
+    assert not list(out.glob("*.tmp-*")) and not list(out.glob(".*.tmp"))
     report = verify_shards(str(out), progress=False)
     assert report["samples"] == 6 and not report["bad"] and 0 < report["sky_fraction"] < 0.5
     assert json.loads((out / "manifest.json").read_text())["complete"]

@@ -27,6 +27,16 @@ def two_level(h: int, w: int, near: float = 2.0, far: float = 4.0) -> np.ndarray
     return d
 
 
+def ramp(h: int, w: int, near: float = 2.0, far: float = 8.0) -> np.ndarray:
+    """Continuous depth (metres) from ``near`` (left) to ``far`` (right), gently varying down the
+    rows: every pixel has its own value, as in real maps (two levels make the MAD threshold of
+    the ppd protocol's RANSAC 0, which no real map does)."""
+    cols = np.linspace(0.0, 1.0, w, dtype=np.float64)[None, :]
+    rows = np.linspace(0.0, 1.0, h, dtype=np.float64)[:, None]
+    t = 0.85 * cols + 0.15 * rows**2
+    return (near + (far - near) * t).astype(np.float32)
+
+
 def build(name: str, root: Path) -> dict:
     """Write a fake ``name`` benchmark under ``root``; returns {rgb name: depth in metres}."""
     gts: dict[str, np.ndarray] = {}
@@ -71,7 +81,7 @@ def build(name: str, root: Path) -> dict:
     elif name == "diode":
         for i, kind in enumerate(["indoors", "outdoor"]):
             base = f"{kind}/scene_0000{i}/scan_0000{i}/0000{i}_0000{i}_{kind}_000_010"
-            d = two_level(24, 32, 2.0, 8.0)
+            d = ramp(24, 32, 2.0, 8.0)
             mask = np.ones_like(d, bool)
             mask[:, -2:] = False
             _rgb(root / f"{base}.png", 24, 32, i)

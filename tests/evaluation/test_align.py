@@ -353,3 +353,41 @@ def test_log_ransac_public_api_gives_sklearn_answer_on_noisy_dense_maps(monkeypa
     assert b.item() == pytest.approx(float(r.estimator_.intercept_), rel=1e-9, abs=1e-9)
     out = align_log_ransac(pred, gt, mask)
     assert out.shape == pred.shape
+
+
+def test_log_ransac_evaluates_few_trials_past_the_stop(monkeypatch):
+    """The batched search must not pay for trials past the stop: a clean image is scored on one
+    trial (scikit-learn stops after it), images that have stopped are no longer scored, and on a
+    noisy batch the trials scored stay within a chunk of the trials scikit-learn runs."""
+    import ppd_lightning.evaluation.align as align_mod
+
+    scored = []
+    real = align_mod._count_inliers
+
+    def spy(pts, rows, a, b):
+        scored.append((a.shape[0], a.shape[1]))
+        return real(pts, rows, a, b)
+
+    monkeypatch.setattr(align_mod, "_count_inliers", spy)
+    pred, gt, mask = nyu_like(1, b=2, h=30, w=40, noise=0.0, outliers=0.0)
+    _, _, search = _search(pred, gt, mask, None, generator=torch.Generator().manual_seed(0))
+    assert search.n_trials.tolist() == [1, 1] and scored == [(2, 1)]
+
+    scored.clear()
+    pred, gt, mask = nyu_like(3, b=4, h=48, w=64, noise=0.08, outliers=0.6)
+    n = mask.reshape(4, -1).sum(1)
+    g = np.random.RandomState(0)
+    pairs = np.stack(
+        [np.stack([g.choice(int(n.min()), 2, replace=False) for _ in range(300)]) for _ in range(4)]
+    )
+    _, _, search = _search(pred, gt, mask, torch.as_tensor(pairs), max_trials=300)
+    per_image = torch.zeros(4, dtype=torch.long)
+    done_at = search.n_trials
+    start = 0
+    for rows, t in scored:
+        live = done_at > start  # images still searching when this chunk started
+        assert rows == int(live.sum()), (rows, live)
+        per_image += live.long() * t
+        start += t
+    assert (per_image >= done_at).all()
+    assert (per_image <= 2 * done_at).all(), (per_image, done_at)  # geometric chunks: at most 2x

@@ -107,3 +107,54 @@ def test_missing_root_and_empty_root_errors_name_path_and_layout(tmp_path, name)
     assert f"found no {name} pairs in {empty}" in str(e.value) and BENCHMARKS[name].layout in str(e.value)
     with pytest.raises(BenchmarkLayoutError, match="no root given"):
         build_benchmark(name, None)
+
+
+def test_uint16_png_readers_share_one_load_depth_scaled_by_depth_scale(tmp_path):
+    import re
+
+    import cv2
+
+    from ppd_lightning.evaluation.datasets import BenchmarkDataset
+
+    png_readers = {n: c for n, c in BENCHMARKS.items() if c.depth_scale is not None}
+    assert {n: c.depth_scale for n, c in png_readers.items()} == {
+        "nyuv2": 0.001,
+        "kitti": 1 / 256,
+        "scannet": 0.001,
+        "hypersim": 0.001,
+    }
+    assert all(c.load_depth is BenchmarkDataset.load_depth for c in png_readers.values())
+    assert all(BENCHMARKS[n].load_depth is not BenchmarkDataset.load_depth for n in ("eth3d", "diode"))
+
+    class Decimetres(BenchmarkDataset):  # a new uint16-PNG benchmark needs no load_depth of its own
+        name = "dm"
+        layout = "<n>.jpg + <n>.png (uint16, dm)"
+        rgb_pattern = re.compile(r"^(?P<prefix>)(?P<id>[^/]+)\.jpg$")
+        depth_scale = 0.1
+
+        def depth_candidates(self, m):
+            return [f"{m['id']}.png"]
+
+    stored = np.arange(12, dtype=np.uint16).reshape(3, 4) * 7
+    assert cv2.imwrite(str(tmp_path / "a.png"), stored)
+    assert cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((3, 4, 3), np.uint8))
+    s = Decimetres(tmp_path)[0]
+    assert np.array_equal(s.depth, stored.astype(np.float32) / np.float32(10.0))  # exact, not * 0.1
+    assert np.array_equal(s.valid, stored > 0) and s.image.shape == (3, 4, 3)
+
+    class NoDepth(Decimetres):
+        depth_scale = None
+
+    with pytest.raises(NotImplementedError, match="NoDepth sets no depth_scale"):
+        NoDepth(tmp_path)[0]
+
+
+def test_millimetre_pngs_keep_exact_float32_division(tmp_path):
+    import cv2
+
+    stored = np.arange(0, 65536, 97, dtype=np.uint16)[None, :]
+    (tmp_path / "test" / "s").mkdir(parents=True)
+    assert cv2.imwrite(str(tmp_path / "test/s/depth_0.png"), stored)
+    assert cv2.imwrite(str(tmp_path / "test/s/rgb_0.png"), np.zeros((*stored.shape, 3), np.uint8))
+    d = build_benchmark("nyuv2", tmp_path)[0].depth
+    assert np.array_equal(d, stored.astype(np.float32) / np.float32(1000.0))  # as before the refactor

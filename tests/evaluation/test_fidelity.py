@@ -19,12 +19,10 @@ from ppd_lightning.evaluation import datasets as ds_mod
 from ppd_lightning.evaluation.datasets import (
     PINNED_SPLITS,
     BenchmarkLayoutError,
-    FileSource,
-    UnsafeNameError,
     build_benchmark,
-    confine_name,
     resolve_split,
 )
+from ppd_lightning.evaluation.files import FileSource, UnsafeNameError, confine_name
 from ppd_lightning.evaluation.metrics import METRIC_NAMES, depth_metrics_per_image
 from ppd_lightning.evaluation.protocols import get_protocol
 from ppd_lightning.evaluation.run import evaluate, evaluate_benchmark, resolve_benchmarks

@@ -25,7 +25,9 @@ A source whose shards of one reader contain no readable sample at all is an erro
 
 from __future__ import annotations
 
+import math
 import os
+from itertools import islice
 from typing import Any
 
 import lightning as L
@@ -40,21 +42,66 @@ PIPELINES = ("augment", "release")
 __all__ = ["DepthShardDataModule", "DepthShardStream", "NoReadableSamplesError", "collate", "parse_sources"]
 
 
+class _StreamPosition:
+    """Where the training stream stands: the data epoch of the pass in progress and how many of its
+    batches the loader has handed out. Kept by the datamodule (``state_dict``, so in every checkpoint)
+    across the loaders Lightning creates; a run resumed from any checkpoint continues the stream at the
+    batch after the last one it trained on.
+
+    The position, not ``trainer.current_epoch``, decides: Lightning creates a resumed run's first iterator
+    before it advances its epoch counter (a checkpoint saved on an epoch's last batch would replay that
+    epoch), and counts an epoch cut short by ``max_steps`` as complete (the resumed run would skip the rest
+    of it). The trainer's epoch only places the first pass of a run resumed from a checkpoint that has no
+    position (written before it was recorded). ``length_fn`` gives the batches of a pass."""
+
+    def __init__(self, epoch_fn, length_fn):
+        self.epoch_fn, self.length_fn = epoch_fn, length_fn
+        self.epoch, self.batches = 0, 0
+        self.known = False  # set by a first pass or a restored checkpoint
+
+    def normalized(self) -> tuple[int, int]:
+        """(epoch, batches consumed) of the next batch to draw: a finished pass is the next epoch's start."""
+        if self.batches >= self.length_fn():
+            return self.epoch + 1, 0
+        return self.epoch, self.batches
+
+    def start_pass(self) -> tuple[int, int]:
+        """The (epoch, batches to skip) of a new iterator: the rest of the pass in progress, or the next
+        epoch from its start."""
+        epoch, done = self.normalized()
+        trainer_epoch = None if self.known else self.epoch_fn()
+        if trainer_epoch is not None:
+            epoch, done = int(trainer_epoch), 0
+        self.epoch, self.batches, self.known = epoch, done, True
+        return epoch, done
+
+    def count(self, batches):
+        for batch in batches:
+            self.batches += 1
+            yield batch
+
+
 class _EpochLoader(wds.WebLoader):
     """WebLoader that sets the dataset's epoch before each pass, so every pass (and every restarted,
-    non-persistent worker) reads a fresh random stream. With ``epoch_fn`` (the trainer's epoch) the stream
-    is a function of the epoch number, so a run resumed at an epoch boundary reads what the uninterrupted
-    run would have read; Lightning may create (and drop) more than one iterator per epoch, so counting
-    ``__iter__`` calls would not be reproducible. Without it, passes are counted."""
+    non-persistent worker) reads a fresh random stream. With a ``position`` (training) the stream is a
+    function of (data epoch, batches already consumed), so a resumed run reads what the uninterrupted run
+    would have read, from any checkpoint; Lightning may create (and drop) more than one iterator per
+    epoch, so counting ``__iter__`` calls would not be reproducible. Without it, passes are counted."""
 
-    def __init__(self, *args, epoch_fn=None, **kwargs):
+    def __init__(self, *args, position: _StreamPosition | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.epoch_fn = epoch_fn
+        self.position = position
 
     def __iter__(self):
         ds = self.pipeline[0].dataset
-        ds.epoch = int(self.epoch_fn()) if self.epoch_fn is not None else ds.epoch + 1
-        return super().__iter__()
+        if self.position is None:
+            ds.epoch, ds.skip_batches = ds.epoch + 1, 0
+            return super().__iter__()
+        ds.epoch, ds.skip_batches = self.position.start_pass()
+        batches = super().__iter__()
+        if ds.skip_batches and self.nsamples > 0:  # with_epoch: the pass's remaining batches only
+            batches = islice(batches, max(self.nsamples - ds.skip_batches, 0))
+        return self.position.count(batches)
 
 
 def _dist_info(trainer: Any | None) -> tuple[int, int]:
@@ -142,6 +189,7 @@ class DepthShardDataModule(L.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self._train_ds: DepthShardStream | None = None
         self._val_ds: DepthShardStream | None = None
+        self._position = _StreamPosition(self._trainer_epoch, self._pass_length)
 
     def setup(self, stage: str | None = None) -> None:
         self.rank, self.world_size = _dist_info(getattr(self, "trainer", None))
@@ -183,19 +231,42 @@ class DepthShardDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return None if trainer is None else int(trainer.current_epoch)
 
-    def _loader(self, ds: DepthShardStream, persistent: bool, epoch_fn=None) -> wds.WebLoader:
+    def _pass_length(self) -> int:
+        """Training batches per epoch: ``epoch_batches``, or fewer under ``limit_train_batches``."""
+        n = getattr(getattr(self, "trainer", None), "num_training_batches", math.inf)
+        finite = isinstance(n, int | float) and math.isfinite(n)
+        return min(self.epoch_batches, int(n)) if finite else self.epoch_batches
+
+    def _loader(self, ds: DepthShardStream, persistent: bool, position=None) -> wds.WebLoader:
         kw: dict[str, Any] = dict(batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
         if self.num_workers > 0:
             kw.update(prefetch_factor=self.prefetch_factor, persistent_workers=persistent)
-        return _EpochLoader(ds, epoch_fn=epoch_fn, **kw)
+        return _EpochLoader(ds, position=position, **kw)
 
     def train_dataloader(self) -> wds.WebLoader:
         if self._train_ds is None:
             raise RuntimeError("train_dataloader() needs setup() and at least one train source")
         # Not persistent: each epoch's workers must see the new data epoch (see DepthShardStream.epoch).
-        epoch_fn = self._trainer_epoch if getattr(self, "trainer", None) is not None else None
-        loader = self._loader(self._train_ds, persistent=False, epoch_fn=epoch_fn).with_epoch(self.epoch_batches)
-        return loader.with_length(self.epoch_batches, silent=True)
+        loader = self._loader(self._train_ds, persistent=False, position=self._position)
+        return loader.with_epoch(self.epoch_batches).with_length(self.epoch_batches, silent=True)
+
+    def state_dict(self) -> dict[str, int]:
+        """The training stream's position (saved by Lightning in every checkpoint): the data epoch and
+        the batches of it already trained on."""
+        epoch, done = self._position.normalized()
+        return {"data_epoch": epoch, "data_batches": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for key in ("data_epoch", "data_batches"):
+            value = state_dict.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(
+                    f"DepthShardDataModule state: {key!r} must be an int >= 0, got {value!r} "
+                    f"(state keys: {sorted(state_dict)})"
+                )
+        self._position.epoch = state_dict["data_epoch"]
+        self._position.batches = state_dict["data_batches"]
+        self._position.known = True
 
     def val_dataloader(self) -> wds.WebLoader | list:
         if self._val_ds is None:

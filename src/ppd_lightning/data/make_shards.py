@@ -33,15 +33,13 @@ import numpy as np
 
 from ppd_lightning import atomic
 
-from .format import (
+from .codec import RawSample, SampleError, decode_sample, encode_sample
+from .shards import (
     AtomicShardWriter,
-    RawSample,
-    SampleError,
     ShardError,
-    decode_sample,
-    encode_sample,
     expand_shard_urls,
     iter_tar_samples,
+    stale_temporaries,
 )
 from .sources import SOURCES, SourceError, get_source
 
@@ -298,7 +296,8 @@ def write_shards(
                     f"(manifest {manifest_path}: {diff} as (old, new)); use another --out or delete it"
                 )
             shards = old.get("shards", {})
-        for stale in out_dir.glob(f"{source}-*.tar.tmp-*"):  # left by a killed run; we hold the lock
+        # left by a killed run (shards and the manifest); we hold the lock
+        for stale in stale_temporaries(out_dir, f"{source}-*.tar") + stale_temporaries(out_dir, MANIFEST):
             stale.unlink(missing_ok=True)
         paths = [out_dir / shard_name(source, i) for i in range(num_shards)]
         chunks = [items[i * samples_per_shard : (i + 1) * samples_per_shard] for i in range(num_shards)]
@@ -717,4 +716,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ppd_lightning.errors import run_main
+
+    sys.exit(run_main(main))  # a user error is one line `error: ...` (PPD_TRACEBACK=1: the traceback)

@@ -17,7 +17,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .format import SampleError, ShardError, decode_sample, expand_shard_urls, iter_tar_samples
+from .codec import SampleError, decode_sample
+from .shards import ShardError, expand_shard_urls, iter_tar_samples
 from .transforms import CropResize
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,14 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def worker_skip(consumed: int, wid: int, num_workers: int) -> int:
+    """How many of a pass's first ``consumed`` batches worker ``wid`` produced (batch b comes from worker
+    ``b % num_workers``)."""
+    if consumed < 0 or not 0 <= wid < num_workers:
+        raise ValueError(f"worker_skip: bad consumed={consumed}, wid={wid}, num_workers={num_workers}")
+    return max(consumed - wid + num_workers - 1, 0) // num_workers
+
+
 class DepthShardStream(IterableDataset):
     """The per-rank iterable behind the loaders; yields collated batches (batching is done in the
     workers so ``with_epoch`` counts batches)."""
@@ -115,9 +124,11 @@ class DepthShardStream(IterableDataset):
             tuple(size), train=train, scale_range=tuple(scale_range), hflip=hflip
         )
         self.return_keys = return_keys
-        # Set by the loader in the main process before each pass (the trainer's epoch, or a pass count);
-        # training workers are not persistent, so each pass's workers see the new value.
+        # Set by the loader in the main process before each pass (the data epoch, and how many of that
+        # epoch's batches were already consumed, over all workers, by a run this one resumes); training
+        # workers are not persistent, so each pass's workers see the new values.
         self.epoch = 0
+        self.skip_batches = 0
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -198,9 +209,15 @@ class DepthShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        # The stream is a function of (seed, rank, worker, epoch) only: a run resumed at an epoch boundary
-        # reads exactly what the uninterrupted run would have read.
+        # The stream is a function of (seed, rank, worker, epoch) only. The DataLoader takes batches from
+        # its workers round-robin starting at worker 0, so batch b of a pass comes from worker b % nw. A
+        # pass resumed after ``skip_batches`` consumed batches must continue with batch k = skip_batches,
+        # i.e. with worker k % nw: DataLoader worker i plays the stream of worker (i + k) % nw, which drops
+        # the batches it had produced (same rng draws, no collate). The rest is then exactly what the
+        # uninterrupted pass would have yielded, in the same order.
+        wid = (wid + self.skip_batches) % nw
         rng = np.random.default_rng([self.seed, self.rank, wid, self.epoch])
+        to_skip = worker_skip(self.skip_batches, wid, nw)
         stats = _Stats(self.sources)
         raw = self._raw_train(wid, nw, rng, stats) if self.train else self._raw_val(wid, nw, stats)
         batch: list[dict[str, Any]] = []
@@ -228,7 +245,10 @@ class DepthShardStream(IterableDataset):
             if pending is not None:
                 batch.append(pending)
                 if len(batch) == self.batch_size:
-                    yield collate(batch)
+                    if to_skip > 0:
+                        to_skip -= 1
+                    else:
+                        yield collate(batch)
                     batch = []
             pending = out
         # only a finite (validation) stream gets here: the last sample takes the trailing skips

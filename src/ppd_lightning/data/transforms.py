@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .format import DepthSample
+from .codec import DepthSample
 
 # Valid depth (metres, exclusive bounds) per dataset, as the release's loaders read it. Applied to every
 # sample read, so shards converted before a range was known still train on the release's pixels.

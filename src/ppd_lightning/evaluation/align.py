@@ -132,33 +132,46 @@ def align_least_squares(
     return out
 
 
-def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-row median of ``x`` (B, N) over ``mask`` (B, N), NaN for empty rows.
-
-    Matches ``np.median``: the mean of the two middle values when the count is even. One
-    selection (``nanmedian`` gives the lower middle value) plus two linear passes for the upper one.
-    """
-    xv = torch.where(mask, x, torch.full_like(x, float("nan")))
+def _nan_median(xv: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Per-row median of the non-NaN entries of ``xv`` (B, N), of which row b has ``n[b]``; NaN
+    for a row without any. As ``np.median``: the mean of the two middle values for an even count."""
     lower = torch.nanmedian(xv, dim=1).values
-    n = mask.sum(1)
+    if not bool((n % 2 == 0).any()):
+        return lower
     # the upper middle value is the lower one unless fewer than n//2 + 1 values are <= it
     at_most = (xv <= lower[:, None]).sum(1)  # NaN compares false
-    above = torch.where(mask & (x > lower[:, None]), x, torch.full_like(x, float("inf"))).amin(1)
+    above = torch.where(xv > lower[:, None], xv, math.inf).amin(1)
     upper = torch.where(at_most < n // 2 + 1, above, lower)
     return 0.5 * (lower + upper)
 
 
-def _compact_valid(m: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row median of ``x`` (B, N) over ``mask`` (B, N), NaN for empty rows.
+
+    Matches ``np.median``: the mean of the two middle values when the count is even. One
+    selection (``nanmedian`` gives the lower middle value) plus, for even counts, two linear passes
+    for the upper one.
+    """
+    return _nan_median(torch.where(mask, x, math.nan), mask.sum(1))
+
+
+def _compact_valid(
+    m: torch.Tensor, *rows: torch.Tensor, fills: tuple[float, ...] = ()
+) -> tuple[torch.Tensor, ...]:
     """Pack each row's valid entries to the front: (B, N) -> (B, max count), order kept.
 
     One scatter per tensor, O(N): the positions are the running count of valid entries. Entries
-    past a row's count are zero; callers track the counts.
+    past a row's count are ``fills[i]`` for the i-th tensor (0 when not given; callers track the
+    counts). When every entry is valid the inputs are returned as they are.
     """
     n_max = int(m.sum(1).max().item()) if m.numel() else 0
-    pos = torch.where(m, m.cumsum(1) - 1, torch.full_like(m, n_max, dtype=torch.long))
+    if n_max == m.shape[1] and bool(m.all()):
+        return tuple(rows)
+    pos = torch.where(m, m.cumsum(1) - 1, n_max)
     out = []
-    for r in rows:
-        packed = torch.zeros(r.shape[0], n_max + 1, dtype=r.dtype, device=r.device)
+    for i, r in enumerate(rows):
+        fill = fills[i] if i < len(fills) else 0.0
+        packed = torch.full((r.shape[0], n_max + 1), fill, dtype=r.dtype, device=r.device)
         packed.scatter_(1, pos, r)  # invalid entries all land in the spare last column
         out.append(packed[:, :n_max])
     return tuple(out)
@@ -202,6 +215,103 @@ def _two_point_lines(x1, x2, y1, y2) -> tuple[torch.Tensor, torch.Tensor]:
     return a, ym - a * xm
 
 
+@dataclass
+class _Points:
+    """Pixels on which inliers are tested, per row (B, P): ``x`` float32 and ``y`` float64 (NaN
+    where ``valid`` is false; ``x`` is 0 there), their float32 copies ``x32, y32`` centred on the
+    valid means ``cx`` (a float32 value) and ``cy``, bounds ``x_max, y_max`` of ``|x32|, |y32|``,
+    the sums of the valid ``x`` and ``y`` (float64) and the threshold ``thr``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    valid: torch.Tensor
+    count: torch.Tensor
+    x32: torch.Tensor
+    y32: torch.Tensor
+    cx: torch.Tensor
+    cy: torch.Tensor
+    x_max: torch.Tensor
+    y_max: torch.Tensor
+    sum_x: torch.Tensor
+    sum_y: torch.Tensor
+    thr: torch.Tensor
+
+
+def _points(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, thr) -> _Points:
+    safe = count.clamp_min(1).to(torch.float64)
+    sum_x = sum_f64(x)  # x is 0 and y NaN outside ``valid``
+    sum_y = torch.nansum(y, 1)
+    cx = (sum_x / safe).to(torch.float32)
+    cy = sum_y / safe
+    x32 = x - cx[:, None]
+    y32 = (y - cy[:, None]).to(torch.float32)
+    if x.numel():
+        lo_x, hi_x = torch.aminmax(x32, dim=1)  # padding (x = 0) only widens the bound
+        x_max = torch.maximum(hi_x, -lo_x).to(torch.float64)
+        y_max = torch.where(valid, y32.abs(), 0.0).amax(1).to(torch.float64)
+    else:
+        x_max = y_max = torch.zeros_like(safe)
+    return _Points(x, y, valid, count, x32, y32, cx.to(torch.float64), cy, x_max, y_max, sum_x, sum_y, thr)
+
+
+def _bulk_residuals(pts: _Points, rows: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor):
+    """``|y - (a x + b)|`` in float32 for the lines ``a, b`` (K, t) (float64) of the rows ``rows``
+    (all rows when None) on their points: (K, t, P), NaN where not valid; plus ``lo, hi`` (K, t, 1):
+    a float32 residual ``<= lo`` is an inlier in float64 too, one ``> hi`` is not; in between the
+    float64 test decides (:func:`_exact_inliers`)."""
+
+    def take(v: torch.Tensor) -> torch.Tensor:
+        return v if rows is None else v[rows]
+
+    thr = take(pts.thr)[:, None]
+    b_c = b + a * take(pts.cx)[:, None] - take(pts.cy)[:, None]  # the line in centred coordinates
+    res = torch.baddbmm(
+        b_c.to(torch.float32)[:, :, None], a.to(torch.float32)[:, :, None], take(pts.x32)[:, None, :]
+    )
+    res.sub_(take(pts.y32)[:, None, :]).abs_()
+    margin = (
+        8 * _EPS32 * (take(pts.y_max)[:, None] + a.abs() * take(pts.x_max)[:, None] + b_c.abs() + thr) + 1e-30
+    )
+    lo = (thr - margin).to(torch.float32)[:, :, None]
+    hi = (thr + margin).to(torch.float32)[:, :, None]
+    return res, lo, hi
+
+
+def _exact_inliers(pts: _Points, rows, ki, ti, pi, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The float64 inlier test (as scikit-learn's) of pixels ``pi`` against lines ``(ki, ti)``."""
+    r = ki if rows is None else rows[ki]
+    r64 = pts.y[r, pi] - (a[ki, ti] * pts.x[r, pi].to(torch.float64) + b[ki, ti])
+    return r64.abs() <= pts.thr[r]
+
+
+def _count_inliers(pts: _Points, rows, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Inlier counts (K, t) of the lines ``a, b`` (K, t) on the rows ``rows`` (None: all rows):
+    a float32 pass, then the float64 test for the few pixels within a rounding bound of the
+    threshold, so the counts are the float64 ones."""
+    res, lo, hi = _bulk_residuals(pts, rows, a, b)
+    le_hi = res <= hi
+    cnt = le_hi.sum(2)
+    band = le_hi.logical_and_(res > lo)
+    del res
+    ki, ti, pi = band.nonzero(as_tuple=True)
+    if ki.numel():
+        out = (~_exact_inliers(pts, rows, ki, ti, pi, a, b)).long()
+        cnt.index_put_((ki, ti), -out, accumulate=True)
+    return cnt
+
+
+def _inlier_mask(pts: _Points, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, P) float64-exact inlier mask of one line per row (``a, b`` of shape (B,))."""
+    res, lo, hi = _bulk_residuals(pts, None, a[:, None], b[:, None])
+    inl = res <= hi
+    band = inl & (res > lo)
+    del res
+    ki, ti, pi = band.nonzero(as_tuple=True)
+    if ki.numel():
+        inl[ki, ti, pi] = _exact_inliers(pts, None, ki, ti, pi, a[:, None], b[:, None])
+    return inl[:, 0]
+
+
 def _inlier_r2(rows, a, b, xs, ys, ms, thr, max_elements) -> torch.Tensor:
     """R^2 of the lines ``(a[k], b[k])`` on their own inliers in row ``rows[k]`` (float64), as
     ``estimator.score(X_inlier, y_inlier)`` in scikit-learn: 1 - ss_res / ss_tot, 1 (0) when ss_tot
@@ -239,14 +349,10 @@ class RansacSearch:
 
 
 def _ransac_search(
-    xs: torch.Tensor,
-    ys: torch.Tensor,
-    ms: torch.Tensor,
-    n_score: torch.Tensor,
+    pts: _Points,
     xc: torch.Tensor,
     yc: torch.Tensor,
     n: torch.Tensor,
-    thr: torch.Tensor,
     max_trials: int,
     generator: torch.Generator | None,
     stop_probability: float,
@@ -257,24 +363,19 @@ def _ransac_search(
     """The trial loop of scikit-learn's ``RANSACRegressor.fit``, batched over images and trials.
 
     Samples are drawn from the packed valid pixels ``xc, yc`` (float32 / float64, ``n`` per row);
-    inliers are counted on the scored pixels ``xs, ys, ms`` (``n_score`` per row). A chunk of trials
-    is evaluated at once, then scanned in trial order with scikit-learn's rules: a trial replaces
-    the best when it has more inliers, or as many and an R^2 (on its inliers) at least as high;
-    after each accepted trial the bound becomes ``_dynamic_max_trials`` of the best's inlier ratio,
-    and an image stops at the first trial ``k >= min(max_trials, bound)``. Trials after the stop
-    are discarded, so the result is the sequential procedure's on the same sample sequence.
+    inliers are counted on ``pts``. A chunk of trials is evaluated at once, then scanned in trial
+    order with scikit-learn's rules: a trial replaces the best when it has more inliers, or as
+    many and an R^2 (on its inliers) at least as high; after each accepted trial the bound becomes
+    ``_dynamic_max_trials`` of the best's inlier ratio, and an image stops at the first trial
+    ``k >= min(max_trials, bound)``. Trials after the stop are discarded, so the result is the
+    sequential procedure's on the same sample sequence. Chunks are sized so that few trials past
+    the stop are evaluated: at most the trials run so far (1, 1, 2, 4, ...: a clean image stops
+    after one), at most up to the largest current bound of the images still searching, and only
+    those images are evaluated.
     """
-    bsz, device = xs.shape[0], xs.device
+    bsz, device = xc.shape[0], xc.device
     f64 = torch.float64
-    # inliers are counted in float32 on centred data; pixels whose float32 residual is within a
-    # rounding bound of the threshold are re-tested in float64, so counts are the float64 ones
-    cx = (sum_f64(torch.where(ms, xs, 0.0)) / n_score.clamp_min(1)).to(torch.float32)
-    cy = sum_f64(torch.where(ms, ys, 0.0)) / n_score.clamp_min(1)
-    xs32 = torch.where(ms, xs - cx[:, None], 0.0)
-    ys32 = torch.where(ms, (ys - cy[:, None]).to(torch.float32), math.inf)  # padding: never an inlier
-    x_max = xs32.abs().amax(1).to(f64) if xs32.numel() else torch.zeros(bsz, dtype=f64, device=device)
-    y_max = torch.where(ms, ys32.abs(), 0.0).amax(1).to(f64) if ys32.numel() else x_max
-
+    n_score = pts.count
     best_cnt = torch.ones(bsz, dtype=torch.long, device=device)  # scikit-learn starts at 1
     best_score = torch.full((bsz,), -math.inf, dtype=f64, device=device)
     best_known = torch.ones(bsz, dtype=torch.bool, device=device)  # is best_score computed?
@@ -285,12 +386,17 @@ def _ransac_search(
     done = n < 2
     limit = max_trials if samples is None else min(max_trials, samples.shape[1])
     trials_done = 0
-    npts = xs.shape[1]
-    chunk = max(1, min(chunk_trials, max_chunk_elements // max(1, bsz * npts)))
-    step = min(8, chunk)  # grows geometrically: clean images stop after the first trial
+    npts = pts.x.shape[1]
     while trials_done < limit and not bool(done.all()):
-        t = min(step, limit - trials_done)
-        step = min(2 * step, chunk)
+        live = ~done
+        rows = None if bool(live.all()) else live.nonzero().squeeze(1)
+        n_live = bsz if rows is None else int(rows.shape[0])
+        # the stop of each searching image is at most its current bound (the bound only drops)
+        cur = _dynamic_max_trials(best_cnt, n_score, stop_probability)
+        cur = torch.where(best_trial >= 0, cur, math.inf).clamp_max(limit)
+        horizon = int(torch.where(live, cur, 0.0).amax().item()) - trials_done
+        cap = max(1, min(chunk_trials, max_chunk_elements // max(1, n_live * npts)))
+        t = max(1, min(horizon, cap, max(1, trials_done), limit - trials_done))
         if samples is None:  # two distinct valid pixels per trial
             i1 = _randint_below(n, (t,), generator, device)
             i2 = _randint_below((n - 1).clamp_min(1), (t,), generator, device)
@@ -300,22 +406,11 @@ def _ransac_search(
             i2 = samples[:, trials_done : trials_done + t, 1]
         x1, x2 = xc.gather(1, i1).to(f64), xc.gather(1, i2).to(f64)
         a, b = _two_point_lines(x1, x2, yc.gather(1, i1), yc.gather(1, i2))
-        b_c = b + a * cx[:, None].to(f64) - cy[:, None]  # the line in centred coordinates
-        # (B, t, P) |residual| in float32
-        res = torch.baddbmm(
-            b_c.to(torch.float32)[:, :, None], a.to(torch.float32)[:, :, None], xs32[:, None, :]
-        )
-        res.sub_(ys32[:, None, :]).abs_()
-        margin = 8 * _EPS32 * (y_max[:, None] + a.abs() * x_max[:, None] + b_c.abs() + thr[:, None]) + 1e-30
-        lo = (thr[:, None] - margin).to(torch.float32)[:, :, None]
-        hi = (thr[:, None] + margin).to(torch.float32)[:, :, None]
-        cnt = (res <= lo).sum(2)
-        unsure = (res <= hi).sum(2) > cnt
-        if bool(unsure.any()):
-            bi, ti, pi = ((res > lo) & (res <= hi) & unsure[:, :, None]).nonzero(as_tuple=True)
-            r64 = ys[bi, pi] - (a[bi, ti] * xs[bi, pi].to(f64) + b[bi, ti])
-            cnt.index_put_((bi, ti), (r64.abs() <= thr[bi]).long(), accumulate=True)
-        del res
+        if rows is None:
+            cnt = _count_inliers(pts, None, a, b)
+        else:
+            cnt = torch.zeros((bsz, t), dtype=torch.long, device=device)
+            cnt[rows] = _count_inliers(pts, rows, a[rows], b[rows])
 
         # sequential scan; item 0 is the best so far, items 1..t this chunk's trials in order.
         # The best's count after each trial is the running maximum of the counts (a trial is
@@ -334,23 +429,30 @@ def _ransac_search(
         # the best at the stop: among the items up to it with the final count, the highest R^2,
         # the latest on an exact tie; R^2 is computed only where two or more such items compete
         level = level_all.gather(1, (end + 1)[:, None])
-        eligible = (cnt_all == level) & (order[None, :] <= (end + 1)[:, None]) & ~done[:, None]
+        eligible = (cnt_all == level) & (order[None, :] <= (end + 1)[:, None]) & live[:, None]
         score_all = torch.full((bsz, t + 1), -math.inf, dtype=f64, device=device)
         score_all[:, 0] = best_score
         known_all = torch.zeros((bsz, t + 1), dtype=torch.bool, device=device)
         known_all[:, 0] = best_known
         need = eligible & (eligible.sum(1, keepdim=True) > 1) & ~known_all
         if bool(need.any()):
-            rows, items = need.nonzero(as_tuple=True)
+            r_need, items = need.nonzero(as_tuple=True)
             a_all = torch.cat([best_a[:, None], a], 1)
             b_all = torch.cat([best_b[:, None], b], 1)
-            score_all[rows, items] = _inlier_r2(
-                rows, a_all[rows, items], b_all[rows, items], xs, ys, ms, thr, max_chunk_elements
+            score_all[r_need, items] = _inlier_r2(
+                r_need,
+                a_all[r_need, items],
+                b_all[r_need, items],
+                pts.x,
+                pts.y,
+                pts.valid,
+                pts.thr,
+                max_chunk_elements,
             )
-            known_all[rows, items] = True
+            known_all[r_need, items] = True
         rank = torch.where(eligible, score_all, -math.inf).argsort(dim=1, stable=True).argsort(dim=1)
         pick = torch.where(eligible, rank, -1).argmax(1)
-        upd = ~done & (pick > 0)
+        upd = live & (pick > 0)
         j = (pick - 1).clamp_min(0)[:, None]
         best_cnt = torch.where(upd, cnt.gather(1, j).squeeze(1), best_cnt)
         best_a = torch.where(upd, a.gather(1, j).squeeze(1), best_a)
@@ -421,14 +523,20 @@ def _fit_log_ransac(
     samples,
 ) -> tuple[torch.Tensor, torch.Tensor, RansacSearch]:
     _check(pred, gt, mask)
+    f64 = torch.float64
     x = _flatten(pred).to(torch.float32)
-    y = torch.log1p(_flatten(gt).to(torch.float64).clamp_min(0.0))
-    m = _flatten(mask) & torch.isfinite(x) & torch.isfinite(y)
+    g = _flatten(gt)
+    if g.dtype not in (torch.float32, f64):
+        g = g.to(f64)
+    # log(gt + 1) is finite exactly where gt < inf (negative depths are clamped to 0)
+    m = _flatten(mask) & torch.isfinite(x) & (g < math.inf)
     bsz = x.shape[0]
     device = x.device
     n = m.sum(1)
-    # valid pixels packed per row: (B, n_max); column j < n_b holds row b's j-th valid pixel
-    xc, yc = _compact_valid(m, x, y)
+    # valid pixels packed per row: (B, n_max); column j < n_b holds row b's j-th valid pixel.
+    # Padding: x = 0, y = NaN (never an inlier, skipped by the medians and sums)
+    xc, gc = _compact_valid(m, x, g, fills=(0.0, math.nan))
+    yc = torch.log1p(gc.clamp_min(0.0).to(f64))
     n_max = xc.shape[1]
     valid_c = torch.arange(n_max, device=device)[None, :] < n[:, None]
     if samples is not None:
@@ -447,56 +555,55 @@ def _fit_log_ransac(
         samples = torch.where(live, samples, torch.tensor([0, 1], device=device).clamp_max(max(n_max - 1, 0)))
 
     # residual threshold: MAD of the targets (scikit-learn's default)
-    med = masked_median(yc, valid_c)
-    thr = masked_median((yc - med[:, None]).abs(), valid_c)
-    thr = torch.nan_to_num(thr, nan=0.0)
+    med = _nan_median(yc, n)
+    thr = torch.nan_to_num(_nan_median((yc - med[:, None]).abs(), n), nan=0.0)
+    every = _points(xc, yc, valid_c, n, thr)
 
     # the points on which inliers are counted: all valid pixels unless a budget is given
     if max_score_points is None or n_max <= max_score_points:
-        xs, ys, ms, n_score = xc, yc, valid_c, n
+        scored = every
     else:
         budget = max_score_points
         s_idx = _randint_below(n, (budget,), generator, device)
         few = (n <= budget)[:, None]
-        xs = torch.where(few, xc[:, :budget], xc.gather(1, s_idx))
-        ys = torch.where(few, yc[:, :budget], yc.gather(1, s_idx))
         ms = torch.where(few, valid_c[:, :budget], (n > 0)[:, None].expand(bsz, budget))
-        n_score = ms.sum(1)
+        xs = torch.where(few, xc[:, :budget], xc.gather(1, s_idx)).masked_fill(~ms, 0.0)
+        ys = torch.where(few, yc[:, :budget], yc.gather(1, s_idx)).masked_fill(~ms, math.nan)
+        scored = _points(xs, ys, ms, ms.sum(1), thr)
     search = _ransac_search(
-        xs,
-        ys,
-        ms,
-        n_score,
-        xc,
-        yc,
-        n,
-        thr,
-        max_trials,
-        generator,
-        stop_probability,
-        samples,
-        chunk_trials,
-        max_chunk_elements,
+        scored, xc, yc, n, max_trials, generator, stop_probability, samples, chunk_trials, max_chunk_elements
     )
 
-    # final inliers of the winner on all valid pixels, then the least-squares refit (float64)
-    xc64 = xc.to(torch.float64)
-    found = (search.best_trial >= 0)[:, None]
-    res = (yc - (search.a.nan_to_num(0.0)[:, None] * xc64 + search.b.nan_to_num(0.0)[:, None])).abs()
-    inl = (res <= thr[:, None]) & valid_c & found
-    a_fit, b_fit = _weighted_lstsq(xc64, yc, inl)
-    usable = inl.sum(1) >= 1
+    # final inliers of the winner on all valid pixels, then the least-squares refit: float64 sums
+    # of the inliers' x and y (centred on the valid means) and their products, in one matmul
+    found = search.best_trial >= 0
+    inl = _inlier_mask(every, search.a.nan_to_num(0.0), search.b.nan_to_num(0.0)) & found[:, None]
+    feats = torch.empty((bsz, 2, n_max), dtype=f64, device=device)
+    torch.sub(xc, every.cx[:, None], out=feats[:, 0])  # exact: float32 values in float64
+    torch.sub(yc, every.cy[:, None], out=feats[:, 1])
+    feats.masked_fill_(~inl[:, None, :], 0.0)
+    gram = torch.bmm(feats, feats.transpose(1, 2))
+    sums = feats.sum(2)
+    k = inl.sum(1).to(f64)
+    safe_k = k.clamp_min(1.0)
+    mu, mv = sums[:, 0] / safe_k, sums[:, 1] / safe_k  # the inliers' centred means
+    sxx = gram[:, 0, 0] - sums[:, 0] * mu
+    sxy = gram[:, 0, 1] - sums[:, 0] * mv
+    mx, my = every.cx + mu, every.cy + mv
+    # x constant on the inliers: the minimum-norm solution a = 0, b = mean(y), as LinearRegression
+    degenerate = sxx <= 1e-12 * safe_k * (mx * mx + 1.0)
+    a_fit = torch.where(degenerate, 0.0, sxy / torch.where(degenerate, 1.0, sxx))
+    b_fit = my - a_fit * mx
     # no usable fit (scikit-learn raises): the reference's `except` branch, a = 1, b = 0
-    a_fit = torch.where(usable, a_fit, torch.ones_like(a_fit))
-    b_fit = torch.where(usable, b_fit, torch.zeros_like(b_fit))
+    usable = k >= 1
+    a_fit = torch.where(usable, a_fit, 1.0)
+    b_fit = torch.where(usable, b_fit, 0.0)
     # fallback for a non-positive slope: ratio of means in log space
-    safe_n = n.clamp_min(1).to(torch.float64)
-    mean_x = sum_f64(xc * valid_c) / safe_n
-    mean_y = sum_f64(yc * valid_c) / safe_n
-    ratio = torch.where(mean_x != 0, mean_y / torch.where(mean_x != 0, mean_x, 1.0), torch.ones_like(mean_x))
+    mean_x, mean_y = every.sum_x, every.sum_y  # the ratio of the means is the ratio of the sums
+    ratio = torch.where(mean_x != 0, mean_y / torch.where(mean_x != 0, mean_x, 1.0), 1.0)
     pos = a_fit > 0
     a_out = torch.where(pos, a_fit, ratio)
-    b_out = torch.where(pos, b_fit, torch.zeros_like(b_fit))
+    b_out = torch.where(pos, b_fit, 0.0)
     return a_out, b_out, search
 
 

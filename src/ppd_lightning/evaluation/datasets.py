@@ -20,7 +20,8 @@ hypersim   ``<scene>/rgb_cam_XX_frXXXX.png`` + ``depth_plane_cam_XX_frXXXX.png``
 
 A split file (one relative rgb path per line; an optional second column is the depth path, as in
 the common split lists, ``None`` there meaning "no ground truth": skipped) restricts and orders
-the set; without one, pairs are found by scanning the root.
+the set; without one, pairs are found by scanning the root. Files are read through
+:class:`ppd_lightning.evaluation.files.FileSource` (a folder or a tar, names confined to the root).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import io
 import logging
 import os
 import re
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,17 +39,16 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from ppd_lightning.evaluation.files import FileSource, UnsafeNameError, confine_name
+
 __all__ = [
     "BENCHMARKS",
     "BenchmarkDataset",
     "BenchmarkLayoutError",
-    "FileSource",
     "PINNED_SPLITS",
     "SPLITS_DIR",
     "Sample",
-    "UnsafeNameError",
     "build_benchmark",
-    "confine_name",
     "pinned_splits",
     "resolve_split",
 ]
@@ -62,109 +61,6 @@ SPLITS_DIR = Path(__file__).resolve().with_name("splits")
 
 class BenchmarkLayoutError(FileNotFoundError):
     """A benchmark root is missing, or holds no pair in the expected layout."""
-
-
-class UnsafeNameError(ValueError):
-    """A benchmark member name (or a name derived from one) that would leave its root."""
-
-
-def confine_name(name: str, what: str = "name") -> str:
-    """``name`` as a normalised relative POSIX path that stays inside its root.
-
-    Leading ``./``, repeated and trailing ``/`` and inner ``.`` parts are folded; ``..`` parts are
-    resolved textually. Raises :class:`UnsafeNameError` naming ``name`` when it is absolute (``/x``,
-    ``C:/x``, ``\\x``), climbs out of the root, or is empty.
-    """
-    raw = str(name)
-    text = raw.replace("\\", "/")
-    if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
-        raise UnsafeNameError(f"{what} {raw!r} is an absolute path; only names relative to the root are read")
-    parts: list[str] = []
-    for part in text.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                raise UnsafeNameError(f"{what} {raw!r} climbs out of its root ('..'); refused")
-            parts.pop()
-            continue
-        parts.append(part)
-    if not parts:
-        raise UnsafeNameError(f"{what} {raw!r} is empty after normalisation")
-    return "/".join(parts)
-
-
-class FileSource:
-    """Read-only access to the files of a folder or of an uncompressed/compressed ``.tar``.
-
-    Names are POSIX paths relative to the root (a leading ``./`` in a tar is dropped). A tar is indexed
-    once: an uncompressed one by byte range, read with a plain file handle per process (safe in
-    DataLoader workers); a compressed one through one ``tarfile`` handle per process, which keeps its
-    member table, so a read does not rescan the archive.
-    """
-
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root).expanduser()
-        self._tar_index: dict[str, tuple[int, int]] | None = None
-        self._compressed = False
-        self._handle: tuple[int, object] | None = None
-        if self.root.is_dir():
-            names = []
-            for dirpath, _, files in os.walk(self.root):
-                rel = Path(dirpath).relative_to(self.root).as_posix()
-                names.extend(f if rel == "." else f"{rel}/{f}" for f in files)
-            self._names = sorted(names)
-        elif self.root.is_file() and tarfile.is_tarfile(self.root):
-            try:  # uncompressed: members are read by byte range
-                with tarfile.open(self.root, "r:") as tf:
-                    members = tf.getmembers()
-            except tarfile.ReadError:
-                self._compressed = True
-                with tarfile.open(self.root) as tf:
-                    members = tf.getmembers()
-            files = [m for m in members if m.isfile()]
-            self._tar_index = {self._norm(m.name): (m.offset_data, m.size) for m in files}
-            if self._compressed:  # extracted by the name as stored, e.g. "./a.png"
-                self._member_names = {self._norm(m.name): m.name for m in files}
-            self._names = sorted(self._tar_index)
-        else:
-            raise FileNotFoundError(str(self.root))
-        self._set = set(self._names)
-
-    def _norm(self, name: str) -> str:
-        """The member name as a clean relative POSIX path (``./`` and ``a/./b``, ``a//b`` folded).
-
-        A name that is absolute or climbs out of the archive (``../x``, ``a/../../x``) is refused:
-        names become output paths (panels, predictions, spreads) and prediction paths.
-        """
-        return confine_name(name, f"member of {self.root}")
-
-    @property
-    def names(self) -> list[str]:
-        return self._names
-
-    def exists(self, name: str) -> bool:
-        return name in self._set
-
-    def read(self, name: str) -> bytes:
-        if self._tar_index is None:
-            return (self.root / name).read_bytes()
-        if name not in self._tar_index:
-            raise FileNotFoundError(f"{name} not in {self.root}")
-        if self._handle is None or self._handle[0] != os.getpid():
-            handle = tarfile.open(self.root) if self._compressed else open(self.root, "rb")  # noqa: SIM115
-            self._handle = (os.getpid(), handle)  # one per process, closed with the process
-        fh = self._handle[1]
-        if self._compressed:
-            return fh.extractfile(self._member_names[name]).read()
-        offset, size = self._tar_index[name]
-        fh.seek(offset)
-        return fh.read(size)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_handle"] = None
-        return state
 
 
 @dataclass
@@ -208,12 +104,16 @@ def _fit_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
-def _decode_png16(data: bytes, name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def _decode_png16(data: bytes, name: str, depth_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Metres and validity (stored value > 0) of a single-channel uint16 PNG holding
+    ``depth_scale`` metres per unit."""
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 2:
         got = None if arr is None else f"{arr.dtype} {arr.shape}"
         raise ValueError(f"{name}: expected a single-channel uint16 PNG, got {got}")
-    depth = arr.astype(np.float32) / np.float32(scale)
+    # Divided by the units per metre (1000, 256): a float32 division is correctly rounded, a product
+    # with float32(0.001) is not, and would change the last bit of some depths.
+    depth = arr.astype(np.float32) / np.float32(1.0 / depth_scale)
     return depth, arr > 0
 
 
@@ -221,13 +121,16 @@ class BenchmarkDataset(Dataset):
     """Base reader: a list of ``(rgb, depth)`` relative paths in a :class:`FileSource`.
 
     Subclasses set ``name``, ``layout`` (human-readable), ``rgb_pattern`` (regex with a
-    ``prefix`` group for any leading folder), and implement :meth:`depth_candidates` and
-    :meth:`load_depth`.
+    ``prefix`` group for any leading folder), and implement :meth:`depth_candidates`. Ground truth
+    stored as a uint16 PNG needs only ``depth_scale`` (metres per stored unit; 0 = invalid); other
+    storage overrides :meth:`load_depth`.
     """
 
     name: str = ""
     layout: str = ""
     rgb_pattern: re.Pattern
+    #: metres per unit of a uint16-PNG ground truth (e.g. 0.001 for millimetres); None: no PNG depth
+    depth_scale: float | None = None
 
     def __init__(
         self,
@@ -368,8 +271,12 @@ class BenchmarkDataset(Dataset):
     # -- loading -----------------------------------------------------------------------------
     def load_depth(self, depth_name: str, rgb_name: str) -> tuple[np.ndarray, np.ndarray]:
         """Depth (metres) and the reader's own validity for ``depth_name``; ``rgb_name`` is its
-        image, for readers that need its size."""
-        raise NotImplementedError
+        image, for readers that need its size. Here: a uint16 PNG of ``depth_scale`` metres per unit."""
+        if self.depth_scale is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} sets no depth_scale and overrides no load_depth"
+            )
+        return _decode_png16(self.files.read(depth_name), depth_name, self.depth_scale)
 
     def default_intrinsics(self, h: int, w: int) -> np.ndarray | None:
         return None
@@ -432,12 +339,10 @@ class NYUv2(BenchmarkDataset):
     name = "nyuv2"
     layout = "test/<scene>/rgb_XXXX.png + test/<scene>/depth_XXXX.png (uint16, mm)"
     rgb_pattern = re.compile(r"^(?P<prefix>(?:.*/)?)(?P<dir>test/[^/]+)/rgb_(?P<id>[^/]+)\.png$")
+    depth_scale = 0.001  # mm
 
     def depth_candidates(self, m):
         return [f"{m['prefix']}{m['dir']}/depth_{m['id']}.png"]
-
-    def load_depth(self, depth_name, rgb_name):
-        return _decode_png16(self.files.read(depth_name), depth_name, 1000.0)
 
 
 class KITTI(BenchmarkDataset):
@@ -449,13 +354,11 @@ class KITTI(BenchmarkDataset):
     rgb_pattern = re.compile(
         r"^(?P<prefix>(?:.*/)?)(?P<date>\d{4}_\d{2}_\d{2})/(?P<drive>[^/]+_sync)/image_02/data/(?P<frame>[^/]+)\.png$"
     )
+    depth_scale = 1 / 256
 
     def depth_candidates(self, m):
         tail = f"{m['drive']}/proj_depth/groundtruth/image_02/{m['frame']}.png"
         return [f"{m['prefix']}{tail}", f"{m['prefix']}{m['date']}/{tail}"]
-
-    def load_depth(self, depth_name, rgb_name):
-        return _decode_png16(self.files.read(depth_name), depth_name, 256.0)
 
 
 class ETH3D(BenchmarkDataset):
@@ -507,12 +410,10 @@ class ScanNet(BenchmarkDataset):
     name = "scannet"
     layout = "<scene>/color/<n>.jpg + <scene>/depth/<n>.png (uint16, mm)"
     rgb_pattern = re.compile(r"^(?P<prefix>(?:.*/)?)(?P<scene>[^/]+)/color/(?P<id>[^/]+)\.jpg$")
+    depth_scale = 0.001  # mm
 
     def depth_candidates(self, m):
         return [f"{m['prefix']}{m['scene']}/depth/{m['id']}.png"]
-
-    def load_depth(self, depth_name, rgb_name):
-        return _decode_png16(self.files.read(depth_name), depth_name, 1000.0)
 
 
 class DIODE(BenchmarkDataset):
@@ -545,12 +446,10 @@ class Hypersim(BenchmarkDataset):
     layout = "<scene>/rgb_cam_XX_frXXXX.png + <scene>/depth_plane_cam_XX_frXXXX.png (uint16 mm, planar)"
     rgb_pattern = re.compile(r"^(?P<prefix>(?:.*/)?)(?P<scene>[^/]+)/rgb_(?P<id>cam_[^/]+_fr[^/]+)\.png$")
     focal = 886.81  # px at 1024 x 768
+    depth_scale = 0.001  # mm, planar depth
 
     def depth_candidates(self, m):
         return [f"{m['prefix']}{m['scene']}/depth_plane_{m['id']}.png"]
-
-    def load_depth(self, depth_name, rgb_name):
-        return _decode_png16(self.files.read(depth_name), depth_name, 1000.0)
 
     def default_intrinsics(self, h, w):
         # focal scales with the width (886.81 px at 1024); principal point at the image centre

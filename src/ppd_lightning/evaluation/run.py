@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ppd_lightning import atomic
-from ppd_lightning.evaluation.datasets import PINNED_SPLITS, UnsafeNameError, build_benchmark, confine_name
+from ppd_lightning.evaluation.datasets import PINNED_SPLITS, build_benchmark
 from ppd_lightning.evaluation.edges import EdgeChamfer
+from ppd_lightning.evaluation.files import UnsafeNameError, confine_name
 from ppd_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, depth_metrics_per_image
 from ppd_lightning.evaluation.protocols import Prepared, Protocol, get_protocol
 from ppd_lightning.evaluation.sources import (

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def prediction_path(root: str | Path, name: str, suffix: str = ".npy") -> Path:
     """``<root>/<rgb relative path with its suffix replaced by .npy>``; a ``name`` that is absolute
     or climbs out of ``root`` is refused (``UnsafeNameError`` naming it)."""
-    from ppd_lightning.evaluation.datasets import confine_name
+    from ppd_lightning.evaluation.files import confine_name
 
     return Path(root) / Path(confine_name(name, "image name")).with_suffix(suffix)
 

@@ -10,10 +10,14 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ppd_lightning import atomic
+from ppd_lightning.errors import CheckpointError
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
 from ppd_lightning.models.ppd import TRAIN_AREA
-from ppd_lightning.official import CheckpointError, load_strict
+from ppd_lightning.official import load_strict, load_torch_file
 from ppd_lightning.training.encoders import build_from_spec, build_semantic_encoder
+
+#: what Lightning reads when it resumes a fit
+RESUMABLE_KEYS = ("pytorch-lightning_version", "state_dict", "optimizer_states", "loops")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,26 +28,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic.replacing(path) as f:
             torch.save(checkpoint, f)
 
+    def __init__(self, required_keys: tuple[str, ...] = ()):
+        super().__init__()
+        #: keys a loaded checkpoint must have (``RESUMABLE_KEYS`` for ``trainer.fit(ckpt_path=...)``)
+        self.required_keys = tuple(required_keys)
+
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
-        return super().load_checkpoint(
-            path, map_location=map_location, weights_only=True if weights_only is None else weights_only
-        )
+        """What ``trainer.fit(ckpt_path=...)`` resumes from: an empty, truncated or foreign file is one
+        :class:`CheckpointError` naming it (not Lightning's ``EOFError`` or ``KeyError``)."""
+        if weights_only is False:  # asked for explicitly: Lightning's own loader
+            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
+        ckpt = load_torch_file(path, map_location=map_location if map_location is not None else "cpu")
+        missing = [k for k in self.required_keys if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise CheckpointError(
+                f"{path}: not a resumable ppd-lightning training checkpoint (missing {', '.join(missing)}); "
+                "use init_dit= to start from weights only"
+            )
+        return ckpt
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """One of our training checkpoints, checked: the file names itself in every error."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001
+    ckpt = load_torch_file(path, map_location=map_location)
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not isinstance(hp, dict) or not isinstance(hp.get("dit"), dict):
         raise CheckpointError(
-            f"{path}: cannot read checkpoint ({type(e).__name__}: {e})".splitlines()[0]
-        ) from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(
-            f"{path}: not a ppd-lightning training checkpoint (needs state_dict and hyper_parameters)"
+            f"{path}: not a ppd-lightning training checkpoint (expected a dict with 'state_dict' and "
+            "'hyper_parameters' holding 'dit'; for released weights use --dit/--semantics or official.dit=)"
         )
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: 'state_dict' holds values that are not tensors")
     return ckpt
 
 

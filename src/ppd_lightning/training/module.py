@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from ppd_lightning.errors import DivergenceError
 from ppd_lightning.evaluation.align import align_log_ransac
 from ppd_lightning.evaluation.metrics import DepthMetrics
 from ppd_lightning.flow import DepthTargetTransform, LogitNormalTimesteps
@@ -254,15 +255,16 @@ class PPDLightningModule(L.LightningModule):
             loss_a = semantic_alignment_loss(features["x"], semantics, self.align_projector, grid, sem_grid)
             loss = loss + self.align_loss_weight * loss_a
             logs["train/loss_align"] = loss_a
+        logged_loss = loss.detach()  # the real value, NaN/inf included, even when the step is skipped
         loss = self._guard_non_finite(loss)
-        logs["train/loss"] = loss
+        logs["train/loss"] = logged_loss
         logs["train/skipped_steps"] = float(self.skipped_steps)
         n_corrupt = batch.get("n_corrupt")
         if n_corrupt is not None:
             self.corrupt_samples += int(n_corrupt.sum())
             logs["data/corrupt_samples"] = float(self.corrupt_samples)
         self.log_dict(logs, prog_bar=False, batch_size=B)
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=B)
+        self.log("loss", logged_loss, prog_bar=True, logger=False, batch_size=B)
         return loss
 
     def _block_grid(self, block: int, H: int, W: int) -> tuple[int, int]:
@@ -304,7 +306,7 @@ class PPDLightningModule(L.LightningModule):
             self._bad_in_a_row += 1
             optimizer.zero_grad(set_to_none=True)
             if self._bad_in_a_row >= self.max_bad_steps:
-                raise RuntimeError(
+                raise DivergenceError(
                     f"{self._bad_in_a_row} consecutive optimizer steps with a non-finite loss (last at step "
                     f"{self.global_step}): stopping. Lower the learning rate, enable gradient clipping, or "
                     "check the data for NaN/Inf depth."
@@ -341,6 +343,17 @@ class PPDLightningModule(L.LightningModule):
         # The model's depth as released (x0 + 0.5, about [0, 1]), which is what the ppd protocol aligns; its
         # ratio-of-means fallback assumes a positive, depth-like prediction.
         pred = self._val_model.sample(image, steps=self.val_steps, generator=g)
+        n_corrupt = batch.get("n_corrupt")
+        if n_corrupt is not None:  # skips in the validation stream count too (they are logged as well)
+            self.corrupt_samples += int(n_corrupt.sum())
+        bad = ~torch.isfinite(pred.flatten(1)).all(1)
+        if bool(bad.any()):
+            raise DivergenceError(
+                f"validation: the model predicted non-finite depth for {int(bad.sum())} of {len(bad)} images "
+                f"(validation batch {batch_idx}, step {self.global_step}): its weights (EMA when enabled) have "
+                "diverged; check train/loss and train/skipped_steps, lower the learning rate or resume from "
+                "an earlier checkpoint"
+            )
         aligned = align_log_ransac(pred.float(), depth, mask, generator=g)
         names = batch.get("dataset") or [self.val_sets[0]] * image.shape[0]
         baseline = self._baseline_prediction(pred)
@@ -355,7 +368,7 @@ class PPDLightningModule(L.LightningModule):
             self.val_metrics[name].update(aligned[sel], depth[sel], mask[sel])
             if aligned_base is not None:
                 self.baseline_metrics[name].update(aligned_base[sel], depth[sel], mask[sel])
-        return {"image": image, "pred": aligned, "depth": depth, "mask": mask}
+        return {"image": image, "pred": aligned, "depth": depth, "mask": mask, "sky": batch.get("sky")}
 
     def _baseline_prediction(self, like: torch.Tensor) -> torch.Tensor | None:
         if int(self.mean_target_count) == 0:

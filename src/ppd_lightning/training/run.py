@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,43 @@ def instantiate_list(cfg: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for _, c in cfg.items() if c is not None and "_target_" in c]
 
 
+def instantiate_loggers(cfg: DictConfig | None, output_dir: Path, resume: bool) -> list[Any]:
+    """The configured loggers, continuing the run's history when ``resume``: our CSV logger keeps the
+    rows before the resumed step, and a W&B logger without an explicit id gets the run's recorded id
+    (``<run dir>/wandb_run_id``; a new one, recorded, when not resuming)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from ppd_lightning.training.loggers import ResumableCSVLogger, wandb_run_id
+
+    if not cfg:
+        return []
+    loggers = []
+    for _, c in cfg.items():
+        if c is None or "_target_" not in c:
+            continue
+        overrides = {}
+        if str(c["_target_"]).endswith("WandbLogger") and not c.get("id") and not c.get("version"):
+            # only rank 0 logs to W&B (and records the id); the other ranks' id is never used
+            overrides["id"] = wandb_run_id(output_dir, resume, write=rank_zero_only.rank == 0)
+        logger = hydra.utils.instantiate(c, **overrides)
+        if isinstance(logger, ResumableCSVLogger):
+            logger.resume = resume
+        loggers.append(logger)
+    return loggers
+
+
+def remove_stale_temporaries(output_dir: Path, callbacks: list) -> None:
+    """Delete the temporary files a killed run (kill -9, OOM) left while writing checkpoints or results
+    (up to a checkpoint's size each): in the run directory and the checkpoint directories, nowhere else."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    dirs = {output_dir, output_dir / "checkpoints"}
+    dirs |= {Path(cb.dirpath) for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath}
+    for d in sorted(dirs):
+        for path in atomic.remove_stale_temporaries(d):
+            log.info("removed a stale temporary file of an interrupted run: %s", path)
+
+
 def format_table(results: dict) -> str:
     rows = [("", "AbsRel (lower is better)", "delta1 (higher is better)")]
     for name in ("model", "baseline"):
@@ -89,7 +127,38 @@ def collect_results(metrics: dict[str, Any], val_name: str) -> dict:
     }
 
 
+# Warnings about things this project does on purpose, silenced by their exact message (nothing else is):
+# the semantic encoder is frozen, so it sits in eval mode while the DiT trains; and Lightning 2.6's own
+# pytree helper uses an isinstance check that torch >= 2.10 deprecates (not our code, nothing to act on).
+INTENTIONAL_WARNINGS = (
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+def quiet_intentional_warnings() -> None:
+    for message in INTENTIONAL_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def write_demo_image(callbacks: list, path: Path) -> Path | None:
+    """Write the last validation panel (held-out scenes: image | prediction | ground truth | error) that a
+    ``ValidationPanels`` callback made to ``path``; None when no such callback made one."""
+    from ppd_lightning import visualize
+    from ppd_lightning.training.callbacks import ValidationPanels
+
+    for cb in callbacks:
+        if isinstance(cb, ValidationPanels) and cb.last_panel is not None:
+            return visualize.write_image(path, cb.last_panel)
+    return None
+
+
 def train(cfg: DictConfig) -> dict:
+    from ppd_lightning.training.preflight import check_sizes, check_train_config, warn_cpu_oversubscription
+
+    check_train_config(cfg)  # a bad key is one error naming it, before any data or model is built
+    warn_cpu_oversubscription(cfg.trainer)
+    quiet_intentional_warnings()
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
@@ -100,22 +169,27 @@ def train(cfg: DictConfig) -> dict:
     data_cfg.pop("render_size", None)  # only used by the generation spec
     datamodule = hydra.utils.instantiate(data_cfg)
     model = hydra.utils.instantiate(cfg.model)
+    check_sizes(model, datamodule)  # train and val crops fit the DiT: checked before the first step
     if cfg.get("init_dit"):
         init_dit_weights(model, cfg.init_dit)
     if cfg.get("compile"):
         # in place (nn.Module.compile): parameter names, checkpoints and EMA stay as without compile
         model.dit.compile()
 
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     callbacks = instantiate_list(cfg.get("callbacks"))
-    loggers = instantiate_list(cfg.get("logger"))
-    from ppd_lightning.training.checkpoint import AtomicCheckpointIO
+    loggers = instantiate_loggers(cfg.get("logger"), output_dir, resume=ckpt_path is not None)
+    from ppd_lightning.training.checkpoint import RESUMABLE_KEYS, AtomicCheckpointIO
 
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO(required_keys=RESUMABLE_KEYS)],  # a foreign ckpt_path: CheckpointError
     )
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if trainer.is_global_zero:
         log.info("run directory: %s", output_dir)
+        remove_stale_temporaries(output_dir, callbacks)
         atomic.write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     started = time.time()
@@ -143,10 +217,12 @@ def train(cfg: DictConfig) -> dict:
     }
     if trainer.is_global_zero:
         atomic.write_json(output_dir / "results.json", results)
+        demo = write_demo_image(callbacks, output_dir / "demo.png")
         if "model" in results:
             print(
                 f"\nHeld-out synthetic scenes ({model.val_sets[0]}), {results['run']['global_step']} steps, "
                 f"{train_seconds / 60:.1f} min:\n{format_table(results)}\nresults: {output_dir / 'results.json'}"
+                + (f"\ndemo:    {demo} (image | prediction | ground truth | error)" if demo else "")
             )
     objective = results.get("model", {}).get("abs_rel", math.nan)
     results["objective"] = objective

@@ -38,7 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..format import RawSample
+from ..codec import RawSample
 from . import SourceError, sanitize_key
 from ._common import check_same_size, read_bytes, read_npy, read_png_u16, read_rgb
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..format import RawSample
+from ..codec import RawSample
 from . import SourceError, sanitize_key
 from ._common import read_rgb, rel
 

@@ -397,7 +397,7 @@ def list_items(root: str | None = None, *, num_samples: int, **_options) -> list
 
 
 def load_item(root: str | None, item: int, *, seed: int, height: int, width: int, **_options):
-    from ..format import RawSample
+    from ..codec import RawSample
 
     rgb, depth, meta = render_scene(seed, item, height, width)
     meta = {**meta, "dataset": NAME, "sky": "depth 0 = sky (rays that hit nothing)"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..format import RawSample
+from ..codec import RawSample
 from . import sanitize_key
 from ._common import SKY_DEPTH, check_same_size, read_npy, read_rgb, rel
 

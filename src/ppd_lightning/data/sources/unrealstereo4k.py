@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..format import RawSample
+from ..codec import RawSample
 from . import SourceError, sanitize_key
 from ._common import SKY_DEPTH, check_same_size, read_npy, read_rgb, rel
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..format import RawSample
+from ..codec import RawSample
 from . import SourceError, sanitize_key
 from ._common import check_same_size, read_png_u16, read_rgb, rel
 

@@ -1,6 +1,6 @@
-"""The depth shard format: one sample per key in plain POSIX tar files.
+"""The sample codec of the depth shards: one sample's arrays <-> its member bytes.
 
-Members of a sample ``<key>`` (``<key>.<member>`` inside the tar):
+Members of a sample ``<key>`` (``<key>.<member>`` inside a shard):
 
 ``rgb.png`` | ``rgb.jpg``
     8-bit sRGB, 3 channels.
@@ -13,21 +13,16 @@ Members of a sample ``<key>`` (``<key>.<member>`` inside the tar):
 ``meta.json``
     At least ``dataset``, ``fx``, ``fy``, ``cx``, ``cy`` (pixels, at the stored resolution).
 
-This module only encodes and decodes samples and reads/writes tar files; it knows nothing about
-sources, transforms or the model.
+This module only encodes and decodes the members of one sample; how samples are grouped into tar
+files is :mod:`ppd_lightning.data.shards`. It knows nothing about sources, transforms or the model.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tarfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -48,10 +43,6 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 class SampleError(ValueError):
     """A sample (or one of its members) is missing, undecodable or inconsistent."""
-
-
-class ShardError(OSError):
-    """A shard cannot be opened or its tar stream is truncated/corrupt."""
 
 
 @dataclass
@@ -240,164 +231,3 @@ def decode_sample(members: dict[str, Any]) -> DepthSample:
         sky = np.zeros(depth.shape, dtype=bool)
     depth[~valid] = 0.0
     return DepthSample(rgb=rgb, depth=depth, mask=valid, sky=sky, meta=meta, key=key)
-
-
-# --------------------------------------------------------------------------------------------------
-# tar reading / writing
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """``"dir/abc.rgb.png"`` -> ``("dir/abc", "rgb.png")`` (key = path up to the basename's first dot)."""
-    dirname, base = os.path.split(name)
-    if "." not in base:
-        return name, ""
-    stem, ext = base.split(".", 1)
-    return (f"{dirname}/{stem}" if dirname else stem), ext
-
-
-class _TailReader:
-    """File wrapper remembering the total size read and the last 1024 bytes (end-of-archive check)."""
-
-    def __init__(self, fileobj):
-        self._f = fileobj
-        self.total = 0
-        self.tail = b""
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        self.total += len(data)
-        self.tail = (self.tail + data)[-1024:]
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 16):
-            pass
-
-
-def iter_tar_samples(fileobj, url: str = "") -> Iterator[dict[str, Any]]:
-    """Stream samples ``{"__key__", "__url__", member: bytes}`` from a tar file object.
-
-    Members of one key must be contiguous (the writer guarantees it). A truncated or corrupt tar
-    stream raises :class:`ShardError` after yielding every complete sample before the damage; the
-    sample that was being assembled when the damage happened is dropped. Python's ``tarfile``
-    silently stops at a stream that ends between members, so the end is checked explicitly: a
-    complete tar is a whole number of 512-byte blocks ending with the zero end-of-archive blocks.
-    """
-    reader = _TailReader(fileobj)
-    current: dict[str, Any] | None = None
-    try:
-        with tarfile.open(fileobj=reader, mode="r|*") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, ext = split_member_name(info.name)
-                if not ext:
-                    continue
-                if current is not None and current["__key__"] != key:
-                    yield current  # complete: the next key's header has been read
-                    current = None
-                f = tar.extractfile(info)
-                data = f.read() if f is not None else b""
-                if len(data) != info.size:
-                    raise ShardError(f"{url}: member {info.name} is truncated")
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                current[ext] = data
-        reader.drain()
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, ShardError):
-            raise
-        raise ShardError(f"{url}: corrupt or truncated tar ({type(exc).__name__}: {exc})") from None
-    if reader.total % 512 or len(reader.tail) < 1024 or reader.tail.count(0) != 1024:
-        raise ShardError(
-            f"{url}: truncated tar (ends after {reader.total} bytes without end-of-archive blocks)"
-        )
-    if current is not None:
-        yield current
-
-
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o444
-    info.mtime = 0  # deterministic bytes: identical inputs give identical shards
-    info.uname = info.gname = ""
-    return info
-
-
-class AtomicShardWriter:
-    """Stream encoded samples into an uncompressed POSIX tar that appears under ``path`` only when
-    complete.
-
-    Samples go to ``<path>.tmp-<pid>-<ns>`` in the same directory; :meth:`commit` fsyncs and renames
-    it. Used as a context manager, an exception (or leaving without commit) deletes the temporary
-    file, so a crash never leaves a half-written shard under the final name.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-        self.count = 0
-
-    def write(self, sample: dict[str, bytes]) -> None:
-        key = sample["__key__"]
-        for member, data in sample.items():
-            if member.startswith("__"):
-                continue
-            self._tar.addfile(_tarinfo(f"{key}.{member}", len(data)), io.BytesIO(data))
-        self.count += 1
-
-    def commit(self) -> int:
-        """Finish the tar, fsync and rename it into place; returns its size in bytes."""
-        self._tar.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self.tmp, self.path)
-        return self.path.stat().st_size
-
-    def abort(self) -> None:
-        if not self._fh.closed:
-            self._tar.close()
-            self._fh.close()
-        self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tmp.exists():  # not committed (exception or early exit): drop the partial tar
-            self.abort()
-
-
-def write_shard_atomic(path: str | Path, samples: list[dict[str, bytes]]) -> int:
-    """Write encoded samples to ``path`` atomically (see :class:`AtomicShardWriter`); returns bytes."""
-    with AtomicShardWriter(path) as writer:
-        for sample in samples:
-            writer.write(sample)
-        return writer.commit()
-
-
-def expand_shard_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Expand a brace pattern (``dir/shard-{000000..000009}.tar``), a directory or a list of either.
-
-    A directory expands to its ``*.tar`` files in sorted order. Raises ``ValueError`` when nothing
-    is left, naming the pattern.
-    """
-    import braceexpand  # a webdataset dependency; imported lazily to keep this module light
-
-    items = [urls] if isinstance(urls, str) else list(urls)
-    out: list[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"shard urls must be strings, got {type(item).__name__}: {item!r}")
-        if "://" not in item and not item.startswith("pipe:") and os.path.isdir(item):
-            out.extend(sorted(str(p) for p in Path(item).glob("*.tar")))
-        else:
-            out.extend(braceexpand.braceexpand(os.path.expanduser(item)))
-    if not out:
-        raise ValueError(f"shard pattern {urls!r} expands to no shards")
-    return out
