@@ -3,12 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from ppd_lightning.geometry import depth_to_points, intrinsics_matrix
 from ppd_lightning.visualize import (
     colorize,
     colorize_depth,
     depth_panel,
-    depth_to_points,
-    intrinsics_matrix,
     read_ply,
     side_by_side,
     write_image,

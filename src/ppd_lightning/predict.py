@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 from ppd_lightning import atomic, visualize
 from ppd_lightning.errors import DiskFullError, exit_on_user_error, is_user_error, one_line
+from ppd_lightning.geometry import depth_to_points, focal_from_hfov, intrinsics_matrix
+from ppd_lightning.weights import load_model_from_checkpoint, load_pixel_perfect_depth
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -92,16 +94,12 @@ def output_names(images: list[Path]) -> list[Path]:
 
 def load_model(args: argparse.Namespace):
     if args.ckpt:
-        from ppd_lightning.training.checkpoint import load_model_from_checkpoint
-
         return load_model_from_checkpoint(args.ckpt, use_ema=not args.no_ema, encoder_weights=args.semantics)
     if not (args.dit and args.semantics):
         raise SystemExit(
             "error: give --dit ppd.pth --semantics depth_anything_v2_vitl.pth, "
             "or --dit ppd_moge.pth --semantics moge2.pt, or --ckpt"
         )
-    from ppd_lightning.official import load_pixel_perfect_depth
-
     return load_pixel_perfect_depth(args.dit, args.semantics)
 
 
@@ -200,9 +198,9 @@ def predict_one(model, path: Path, stem: Path, args, device, autocast) -> list[P
         near, far = args.depth_range
         depth = relative_to_metric(rel, near, far)
         h, w = depth.shape
-        focal = args.focal or (w / 2) / math.tan(math.radians(args.fov) / 2)
+        focal = args.focal or focal_from_hfov(w, args.fov)
         valid = np.isfinite(depth) & (depth > 0)
-        pts = visualize.depth_to_points(depth, (focal, focal, (w - 1) / 2, (h - 1) / 2), valid)
+        pts = depth_to_points(depth, intrinsics_matrix(focal, focal, (w - 1) / 2, (h - 1) / 2), valid)
         files.append(visualize.write_ply(f"{stem}.ply", pts, rgb[valid]))
     return files
 

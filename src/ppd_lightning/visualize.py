@@ -1,4 +1,5 @@
-"""Visualisation helpers: colourised depth, labelled panels, back-projection and ``.ply`` files.
+"""Visualisation helpers: colourised depth, labelled panels and ``.ply`` files (back-projection is
+:mod:`ppd_lightning.geometry`).
 
 All images are ``uint8`` RGB ``(H, W, 3)`` numpy arrays; depths are ``(H, W)`` float arrays (numpy
 or torch, converted). Writers are atomic: they write a temporary file next to the target and
@@ -23,8 +24,6 @@ __all__ = [
     "colorize_depth",
     "colorize_error",
     "depth_panel",
-    "depth_to_points",
-    "intrinsics_matrix",
     "label_image",
     "read_ply",
     "side_by_side",
@@ -293,53 +292,6 @@ def write_image(path: str | os.PathLike, image) -> Path:
     if not ok:
         raise OSError(f"could not encode image for {path}")
     return atomic.write_bytes(path, buf.tobytes())
-
-
-def intrinsics_matrix(fx: float, fy: float | None = None, cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
-    """3x3 pinhole intrinsics."""
-    fy = fx if fy is None else fy
-    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
-
-
-def depth_to_points(depth, intrinsics, mask=None):
-    """Back-project planar depth (z along the optical axis) to camera-space points.
-
-    Pixel ``(row v, col u)`` (integer indices, pixel centres) maps to
-    ``((u - cx) * z / fx, (v - cy) * z / fy, z)``.
-
-    Args:
-        depth: (H, W) numpy array or torch tensor.
-        intrinsics: 3x3 matrix, or ``(fx, fy, cx, cy)``.
-        mask: optional (H, W) bool; defaults to finite positive depth.
-
-    Returns:
-        (N, 3) points of the selected pixels in row-major order, same library as ``depth``
-        (float32 numpy, or a tensor of ``depth``'s dtype/device).
-    """
-    is_torch = isinstance(depth, torch.Tensor)
-    d = depth if is_torch else torch.from_numpy(np.ascontiguousarray(np.asarray(depth, dtype=np.float32)))
-    if d.dim() == 3 and d.shape[0] == 1:
-        d = d[0]
-    if d.dim() != 2:
-        raise ValueError(f"depth must be (H, W), got {tuple(d.shape)}")
-    k = _np(intrinsics).astype(np.float64)
-    if k.shape == (3, 3):
-        fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
-    elif k.shape == (4,):
-        fx, fy, cx, cy = k
-    else:
-        raise ValueError(f"intrinsics must be 3x3 or (fx, fy, cx, cy), got shape {k.shape}")
-    if mask is None:
-        m = torch.isfinite(d) & (d > 0)
-    else:
-        m = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask, dtype=bool))
-        m = m.to(d.device).reshape(d.shape).bool()
-    v, u = torch.nonzero(m, as_tuple=True)
-    z = d[v, u]
-    x = (u.to(z.dtype) - cx) * z / fx
-    y = (v.to(z.dtype) - cy) * z / fy
-    pts = torch.stack([x, y, z], 1)
-    return pts if is_torch else pts.numpy().astype(np.float32)
 
 
 _PLY_DTYPE_XYZ = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]

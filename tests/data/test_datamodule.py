@@ -147,13 +147,10 @@ def test_corrupt_members_skipped_and_counted(tmp_path, shards, caplog):
         n_good_a = len(keys) - 2
         assert 0 < n_good_a < 4  # the truncated shard yields what precedes the damage
         assert sum(int(b["n_corrupt"].sum()) for b in batches) == 3  # truncation + bad png + bad shape
-    # the training stream skips and counts too; the DataModule total follows the batches
+    # the training stream skips and counts too (PPDLightningModule.corrupt_samples sums n_corrupt)
     dm = _dm(urls, epoch_batches=6)
-    total = 0
-    for b in dm.train_dataloader():
-        dm.on_before_batch_transfer(b, 0)
-        total += int(b["n_corrupt"].sum())
-    assert total > 0 and dm.corrupt_count == total
+    total = sum(int(b["n_corrupt"].sum()) for b in dm.train_dataloader())
+    assert total > 0
     assert "skipping" in caplog.text
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ppd_lightning.evaluation.edges import EdgeChamfer, chamfer_distance, edge_chamfer, edge_region
-from ppd_lightning.visualize import intrinsics_matrix
+from ppd_lightning.geometry import intrinsics_matrix
 
 
 def _scene(h=96, w=128):

@@ -51,10 +51,11 @@ def test_panels_are_readable_size_with_sky_in_grey(tmp_path):
     outputs = fake_outputs(H=12, W=16)
     cb = run_panels(tmp_path, outputs)
     panel = cb.last_panel
-    assert cb.last_path == tmp_path / "panels" / "val_step0000007.png" and cb.last_path.is_file()
+    written = tmp_path / "panels" / "val_step0000007.png"
+    assert written.is_file()
     # two rows, each upscaled from 12 px to >= 192 px (plus labels and the legend line)
     assert panel.shape[0] >= 2 * 192
-    on_disk = cv2.imread(str(cb.last_path))
+    on_disk = cv2.imread(str(written))
     assert on_disk.shape[:2] == panel.shape[:2]
     # the sky is drawn in the fixed sky colour (ground truth and error tiles), the hole in the invalid one
     sky_px = np.all(panel == np.array(visualize.SKY_COLOR, np.uint8), axis=-1)

@@ -185,7 +185,6 @@ class DepthShardDataModule(L.LightningDataModule):
         if pipeline == "release":  # built here so a bad crop_from fails at construction
             for size in (self.train_size, self.val_size):
                 ReleaseResize(size, crop_from=self.crop_from)
-        self.corrupt_count = 0  # skips seen in batches that reached this process
         self.rank, self.world_size = 0, 1
         self._train_ds: DepthShardStream | None = None
         self._val_ds: DepthShardStream | None = None
@@ -272,8 +271,3 @@ class DepthShardDataModule(L.LightningDataModule):
         if self._val_ds is None:
             return []
         return self._loader(self._val_ds, persistent=False)
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, dict) and "n_corrupt" in batch:
-            self.corrupt_count += int(batch["n_corrupt"].sum())
-        return batch

@@ -40,6 +40,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ppd_lightning.evaluation.files import FileSource, UnsafeNameError, confine_name
+from ppd_lightning.geometry import as_intrinsics_matrix, intrinsics_matrix
 
 __all__ = [
     "BENCHMARKS",
@@ -308,8 +309,7 @@ class BenchmarkDataset(Dataset):
         valid = valid & np.isfinite(depth) & (depth > 0)
         h, w = depth.shape
         if self.intrinsics is not None:
-            k = self.intrinsics
-            k = k if k.shape == (3, 3) else np.array([[k[0], 0, k[2]], [0, k[1], k[3]], [0, 0, 1.0]])
+            k = as_intrinsics_matrix(self.intrinsics)
         else:
             k = self.default_intrinsics(h, w)
         depth = depth.astype(np.float32, copy=False)
@@ -454,7 +454,7 @@ class Hypersim(BenchmarkDataset):
     def default_intrinsics(self, h, w):
         # focal scales with the width (886.81 px at 1024); principal point at the image centre
         f = self.focal * w / 1024.0
-        return np.array([[f, 0.0, (w - 1) / 2.0], [0.0, f, (h - 1) / 2.0], [0.0, 0.0, 1.0]])
+        return intrinsics_matrix(f, f, (w - 1) / 2.0, (h - 1) / 2.0)
 
 
 BENCHMARKS: dict[str, type[BenchmarkDataset]] = {

@@ -9,7 +9,7 @@ Definition (no reference implementation exists; this is ours):
    the median valid log depth before filtering. The edges are dilated by ``dilation`` pixels
    (square kernel) and intersected with the valid mask.
 2. **Points.** The aligned prediction and the ground truth are back-projected with the intrinsics
-   at the *same* edge-region pixels (:func:`ppd_lightning.visualize.depth_to_points`). At most
+   at the *same* edge-region pixels (:func:`ppd_lightning.geometry.depth_to_points`). At most
    ``max_points`` pixels are used (a random subset, the same for both clouds).
 3. **Chamfer.** ``CD = 0.5 * (mean_p min_g ||p - g|| + mean_g min_p ||g - p||)`` in metres.
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from ppd_lightning.visualize import depth_to_points
+from ppd_lightning.geometry import depth_to_points
 
 __all__ = ["EdgeChamfer", "chamfer_distance", "edge_chamfer", "edge_region"]
 

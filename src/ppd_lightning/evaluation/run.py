@@ -8,7 +8,7 @@ atomically after each benchmark), ``<benchmark>_per_image.csv``, optional colour
 ``output_dir``.
 
 A prediction that is not finite on a scored pixel is an error naming the file (saved predictions)
-or the image (model sources, where any non-finite value is an error): it would otherwise drop the
+or the image (model predictors, where any non-finite value is an error): it would otherwise drop the
 pixel or, through the alignment, the whole image from the average, i.e. give a better score.
 """
 
@@ -32,14 +32,14 @@ from ppd_lightning.evaluation.datasets import PINNED_SPLITS, build_benchmark
 from ppd_lightning.evaluation.edges import EdgeChamfer
 from ppd_lightning.evaluation.files import UnsafeNameError, confine_name
 from ppd_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, depth_metrics_per_image
-from ppd_lightning.evaluation.protocols import Prepared, Protocol, get_protocol
-from ppd_lightning.evaluation.sources import (
-    ModelSource,
+from ppd_lightning.evaluation.predictors import (
+    ModelPredictor,
     SavedPredictions,
-    _device,
-    build_source,
+    build_predictor,
     prediction_path,
+    resolve_device,
 )
+from ppd_lightning.evaluation.protocols import Prepared, Protocol, get_protocol
 from ppd_lightning.visualize import colorize, depth_panel, write_image
 
 __all__ = ["evaluate", "evaluate_benchmark", "format_table", "resolve_benchmarks"]
@@ -48,13 +48,10 @@ log = logging.getLogger(__name__)
 
 
 def _plain(cfg: Any) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
 
 
@@ -168,7 +165,7 @@ def evaluate_benchmark(
     name: str,
     root,
     protocol: Protocol,
-    source: SavedPredictions | ModelSource,
+    predictor: SavedPredictions | ModelPredictor,
     output_dir: Path,
     split=None,
     options: Mapping | None = None,
@@ -185,7 +182,7 @@ def evaluate_benchmark(
     """Score one benchmark; writes its per-image CSV and returns its row of ``metrics.json``."""
     device = device or torch.device("cpu")
     dataset = build_benchmark(name, root, split=split, limit=limit, **dict(options or {}))
-    saved = source if isinstance(source, SavedPredictions) else None
+    saved = predictor if isinstance(predictor, SavedPredictions) else None
     items = _Items(dataset, protocol, name, saved, images_for=int(panels))
     loader = DataLoader(
         items, batch_size=max(1, int(batch_size)), num_workers=int(num_workers), collate_fn=_collate
@@ -206,7 +203,7 @@ def evaluate_benchmark(
         else:
             preds = [None] * len(batch)
             for idx in _groups([p.image.shape for p in prepared]):
-                out, spr = source.predict([prepared[i].image for i in idx])
+                out, spr = predictor.predict([prepared[i].image for i in idx])
                 for j, i in enumerate(idx):
                     preds[i], spreads[i] = out[j], spr[j]
         for i, p in enumerate(prepared):
@@ -311,22 +308,22 @@ def evaluate(cfg: Any) -> dict[str, dict[str, float]]:
     proto_cfg = dict(cfg.get("protocol") or {"name": "marigold"})
     protocol = get_protocol(proto_cfg["name"], proto_cfg.get("overrides"), proto_cfg.get("ransac"))
     runs = resolve_benchmarks(cfg)
-    source = build_source(cfg)
-    device = _device(cfg.get("device"))
+    predictor = build_predictor(cfg)
+    device = resolve_device(cfg.get("device"))
     results: dict[str, dict[str, float]] = {}
     for run in runs:
-        src = source
+        chosen = predictor
         if (
-            isinstance(source, SavedPredictions)
+            isinstance(predictor, SavedPredictions)
             and len(runs) > 1
-            and (source.directory / run["name"]).is_dir()
+            and (predictor.directory / run["name"]).is_dir()
         ):
-            src = SavedPredictions(source.directory / run["name"])
+            chosen = SavedPredictions(predictor.directory / run["name"])
         results[run["name"]] = evaluate_benchmark(
             run["name"],
             run["root"],
             protocol,
-            src,
+            chosen,
             output_dir,
             split=run["split"],
             options={**run["options"], "allow_missing": bool(cfg.get("allow_missing", False))},

@@ -186,10 +186,6 @@ class SemanticEncoder(nn.Module):
         """Kind, sizes and origin (weights path or random seed): what rebuilds this encoder."""
         return {**self._arch, **self.origin}
 
-    def state_dict_dinov2(self) -> dict[str, torch.Tensor]:
-        """Weights under DINOv2 names (as in depth_anything_v2_*.pth without 'pretrained.')."""
-        return {k: v for k, v in self.vit.state_dict().items()}
-
     def _pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
         pos = self.vit.pos_embed
         key = (grid_h, grid_w, pos.device, pos.dtype, pos.data_ptr(), pos._version)

@@ -1,4 +1,4 @@
-"""Callbacks: validation panels (pictures), parameter counts, and the data-epoch bookkeeping."""
+"""Callbacks: validation panels (pictures) and parameter counts."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ class ValidationPanels(L.Callback):
             raise ValueError(f"ValidationPanels min_height must be >= 0, got {min_height}")
         self.dirpath, self.num_images, self.min_height = Path(dirpath), num_images, int(min_height)
         self.last_panel: np.ndarray | None = None
-        self.last_path: Path | None = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if batch_idx != 0 or dataloader_idx != 0 or not trainer.is_global_zero or trainer.sanity_checking:
@@ -46,11 +45,11 @@ class ValidationPanels(L.Callback):
         width = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
         panel = np.concatenate(rows, axis=0)
-        path = visualize.write_image(self.dirpath / f"val_step{trainer.global_step:07d}.png", panel)
+        visualize.write_image(self.dirpath / f"val_step{trainer.global_step:07d}.png", panel)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 logger.log_image(key="val/panels", images=[panel], step=trainer.global_step)
-        self.last_panel, self.last_path = panel, path
+        self.last_panel = panel
 
 
 class ParameterCounts(L.Callback):

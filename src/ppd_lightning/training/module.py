@@ -25,7 +25,7 @@ from ppd_lightning.flow import DepthTargetTransform, LogitNormalTimesteps
 from ppd_lightning.losses import semantic_alignment_loss
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
 from ppd_lightning.objective import training_loss
-from ppd_lightning.training.encoders import build_semantic_encoder
+from ppd_lightning.weights import METADATA_KEY, build_semantic_encoder, training_metadata
 
 
 class EMA:
@@ -137,6 +137,7 @@ class PPDLightningModule(L.LightningModule):
         self._bad_in_a_row = 0
         self._skip_next_step = False  # set by any micro-batch of the current accumulation window
         self.corrupt_samples = 0
+        self.train_size: tuple[int, int] | None = None  # the first training crop (H, W), for checkpoints
 
     # --- parameters ----------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -199,6 +200,8 @@ class PPDLightningModule(L.LightningModule):
         checkpoint["ppd"] = {"skipped_steps": self.skipped_steps, "corrupt_samples": self.corrupt_samples}
         if self.encoder is not None:  # kind, sizes, weights file or seed: what rebuilds it on load
             checkpoint["semantic_encoder"] = self.encoder.spec()
+        # what it was trained with, read by ppd_lightning.weights (crop size, variant, DiT sizes)
+        checkpoint[METADATA_KEY] = training_metadata(self.hparams["dit"], self.train_size)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.encoder is not None:
@@ -206,6 +209,8 @@ class PPDLightningModule(L.LightningModule):
         counters = checkpoint.get("ppd", {})
         self.skipped_steps = counters.get("skipped_steps", 0)
         self.corrupt_samples = counters.get("corrupt_samples", 0)
+        size = (checkpoint.get(METADATA_KEY) or {}).get("train_size")
+        self.train_size = None if size is None else (int(size[0]), int(size[1]))
         n = checkpoint["state_dict"].get("mean_target_sum")
         if n is not None:
             self.mean_target_sum = torch.zeros_like(n)
@@ -219,6 +224,8 @@ class PPDLightningModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image = batch["image"]
         B = image.shape[0]
+        if self.train_size is None:
+            self.train_size = (int(image.shape[-2]), int(image.shape[-1]))
         g = self._generator(int(self.global_step), batch_idx)
         t = self.timesteps(B, image.device, g)
         noise = torch.randn((B, 1, *image.shape[-2:]), device=image.device, generator=g)

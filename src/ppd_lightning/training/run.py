@@ -48,14 +48,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 def init_dit_weights(model, source: str) -> None:
     """Start from given DiT weights (a released ppd.pth, an exported .safetensors, or one of our training
     checkpoints, whose EMA weights are taken), without optimizer state. Keys and shapes must match."""
-    from ppd_lightning.official import load_strict, read_state_dict, take_prefix
+    from ppd_lightning.weights import dit_state, load_strict
 
-    sd, name = read_state_dict(source)
-    if "mean_target_count" in sd:  # one of our training checkpoints: prefer its EMA weights
-        prefix = "ema_dit." if any(k.startswith("ema_dit.") for k in sd) else "dit."
-        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    else:  # released ppd.pth or an exported .safetensors
-        sd = take_prefix(sd, "dit.", name)
+    sd, name = dit_state(source, use_ema=True)
     load_strict(model.dit, sd, name)
     if model.ema_dit is not None:
         model.ema_dit.load_state_dict(model.dit.state_dict())

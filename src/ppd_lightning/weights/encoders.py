@@ -1,4 +1,5 @@
-"""Building the frozen semantic encoder from a config: released weights, or (tests/demo only) random."""
+"""Building the frozen semantic encoder from a config or from the spec a checkpoint recorded: released
+weights, or (tests/demo only) a seeded random initialisation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import warnings
 import torch
 
 from ppd_lightning.models.semantics import ENCODER_KINDS, SemanticEncoder
+from ppd_lightning.weights.released import load_semantic_encoder
+
+__all__ = ["build_from_spec", "build_semantic_encoder"]
 
 # Sizes a weights file determines: a config value for one of them must agree with the file.
 _FILE_SIZES = ("embed_dim", "depth", "patch_size", "mlp_ratio", "intermediate_layers", "dim_out")
@@ -32,8 +36,6 @@ def build_semantic_encoder(
     if kind is not None and kind not in ENCODER_KINDS:
         raise ValueError(f"model.encoder.kind={kind!r}: expected one of {ENCODER_KINDS}")
     if weights:
-        from ppd_lightning.official import load_semantic_encoder
-
         enc = load_semantic_encoder(weights, **({"num_heads": num_heads} if num_heads else {}))
         if kind is not None and enc.kind != kind:
             raise ValueError(
@@ -96,8 +98,6 @@ def build_from_spec(spec: dict, weights: str | None = None) -> SemanticEncoder:
     spec.pop("weights", None)
     seed = spec.pop("random_seed", None)
     if path:
-        from ppd_lightning.official import load_semantic_encoder
-
         enc = load_semantic_encoder(path, num_heads=spec["num_heads"])
     elif seed is not None:
         with warnings.catch_warnings():

@@ -1,8 +1,9 @@
-"""Where predictions come from: saved ``.npy`` files of any method, or a model (ours or released).
+"""Prediction providers for evaluation: saved ``.npy`` files of any method (:class:`SavedPredictions`), or a
+model, ours or released (:class:`ModelPredictor`).
 
-Every source maps a list of prepared images to a list of float32 (h, w) predictions at the prepared
-size (model sources) or at whatever size was saved (saved predictions, mapped by the protocol).
-The model-based sources are thin adapters around :class:`~ppd_lightning.models.PixelPerfectDepth`.
+A ``ModelPredictor`` maps a list of prepared images to float32 (h, w) predictions at the prepared size;
+saved predictions are read at whatever size was saved and mapped by the protocol. Models are loaded by
+:mod:`ppd_lightning.weights` (no Lightning), and run through :class:`~ppd_lightning.models.PixelPerfectDepth`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ModelSource", "SavedPredictions", "build_source", "prediction_path"]
+__all__ = ["ModelPredictor", "SavedPredictions", "build_predictor", "prediction_path", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ def prediction_path(root: str | Path, name: str, suffix: str = ".npy") -> Path:
 
 class SavedPredictions:
     """Predictions saved by any method as ``<dir>/<rgb path with .npy suffix>`` (float32 H x W)."""
-
-    kind = "saved"
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).expanduser()
@@ -62,15 +61,13 @@ class SavedPredictions:
         return np.asarray(arr, np.float32)
 
 
-class ModelSource:
+class ModelPredictor:
     """Runs ``model.infer`` on prepared images, with optional test-time ensembling.
 
     ``ensemble = N > 1`` runs N samplings with noise seeds ``seed, seed + 1, ...`` and returns the
     per-pixel median (mean of the two middle values for even N) and the per-pixel standard
     deviation across members as the spread.
     """
-
-    kind = "model"
 
     def __init__(
         self,
@@ -117,30 +114,32 @@ class ModelSource:
         return preds, spreads
 
 
-def _device(name: str | None) -> torch.device:
+def resolve_device(name: str | None) -> torch.device:
+    """``None``/``""``/``"auto"``: CUDA when available, else CPU; otherwise the named device."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def load_official(dit: str, semantics: str | None) -> torch.nn.Module:
+def released_model(dit: str, semantics: str | None) -> torch.nn.Module:
+    """A released DiT (``ppd.pth``, or an exported ``.safetensors``) with its optional encoder."""
     from ppd_lightning.models import PixelPerfectDepth
-    from ppd_lightning.official import load_dit, load_semantic_encoder
+    from ppd_lightning.weights import load_dit, load_semantic_encoder
 
     dit_module = load_dit(dit)
     encoder = load_semantic_encoder(semantics) if semantics else None
     return PixelPerfectDepth(dit_module, encoder)
 
 
-def load_checkpoint(path: str, use_ema: bool = True) -> torch.nn.Module:
-    # imported lazily: evaluating saved predictions must not need the training stack
-    from ppd_lightning.training.checkpoint import load_model_from_checkpoint
+def checkpoint_model(path: str, use_ema: bool = True) -> torch.nn.Module:
+    """One of our training checkpoints, rebuilt without Lightning."""
+    from ppd_lightning.weights import load_model_from_checkpoint
 
     return load_model_from_checkpoint(path, use_ema=use_ema, map_location="cpu")
 
 
-def build_source(cfg: dict) -> SavedPredictions | ModelSource:
-    """Exactly one of ``predictions``, ``ckpt`` or ``official.dit`` selects the source."""
+def build_predictor(cfg: dict) -> SavedPredictions | ModelPredictor:
+    """Exactly one of ``predictions``, ``ckpt`` or ``official.dit`` selects where predictions come from."""
     official = cfg.get("official") or {}
     chosen = [k for k, v in (("predictions", cfg.get("predictions")), ("ckpt", cfg.get("ckpt")),
                              ("official.dit", official.get("dit"))) if v]  # fmt: skip
@@ -152,12 +151,12 @@ def build_source(cfg: dict) -> SavedPredictions | ModelSource:
         )
     if chosen[0] == "predictions":
         return SavedPredictions(cfg["predictions"])
-    device = _device(cfg.get("device"))
+    device = resolve_device(cfg.get("device"))
     if chosen[0] == "ckpt":
-        model = load_checkpoint(cfg["ckpt"], use_ema=bool(cfg.get("use_ema", True)))
+        model = checkpoint_model(cfg["ckpt"], use_ema=bool(cfg.get("use_ema", True)))
     else:
-        model = load_official(official["dit"], official.get("semantics"))
-    return ModelSource(
+        model = released_model(official["dit"], official.get("semantics"))
+    return ModelPredictor(
         model,
         device,
         steps=int(cfg.get("steps", 4)),
