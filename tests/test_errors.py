@@ -57,8 +57,8 @@ def bad_checkpoints(tmp_path):
 def _entry_points():
     from ppd_lightning.official import load_dit, load_pixel_perfect_depth, load_semantic_encoder
     from ppd_lightning.training.checkpoint import RESUMABLE_KEYS, AtomicCheckpointIO
-    from ppd_lightning.weights import export_dit, load_model_from_checkpoint
     from ppd_lightning.training.run import init_dit_weights
+    from ppd_lightning.weights import export_dit, load_model_from_checkpoint
 
     class Holder(torch.nn.Module):
         def __init__(self):

@@ -4,7 +4,8 @@ depth target transform. No Lightning, no file formats.
 Conventions (those of the released model): t in [0, 1], t = 0 is data and t = 1 is noise,
 x_t = (1 - t) * x0 + t * eps, and the network predicts the velocity eps - x0. The official code counts
 time in integer steps of T = 1000; that scale appears only in the sampler's discretisation and in the
-DiT's time embedding.
+DiT's time embedding. The depth target is shifted by ``TARGET_SHIFT`` (-0.5); the model's depth output is
+x0 - TARGET_SHIFT. Both constants are defined here only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,18 @@ from dataclasses import dataclass
 
 import torch
 
-OFFICIAL_T = 1000
+OFFICIAL_T = 1000  # the official integer time scale (sampler grid, training grid, DiT time embedding)
+TARGET_SHIFT = -0.5  # normalised log-depth in [-0.5, 1] + TARGET_SHIFT = diffusion target in [-1, 0.5]
+
+
+def depth_from_x0(x0: torch.Tensor, shift: float = TARGET_SHIFT) -> torch.Tensor:
+    """The model's depth (normalised log-depth) from a sampled target x0: undoes the target shift."""
+    return x0 - shift
+
+
+def x0_from_depth(depth: torch.Tensor, shift: float = TARGET_SHIFT) -> torch.Tensor:
+    """The inverse of ``depth_from_x0``: a model depth as a diffusion target."""
+    return depth + shift
 
 
 class LinearPath:
@@ -129,8 +141,8 @@ class EulerSampler:
 @dataclass
 class DepthTargetTransform:
     """Metric depth -> diffusion target, per image: log(d + 1), normalised by the 2 % / 98 % quantiles of
-    the valid pixels closer than ``max_depth``, clamped to [-0.5, 1] and shifted by -0.5, i.e. the target
-    lives in [-1, 0.5] and a prediction p maps back with depth = exp((p + 0.5) * (hi - lo) + lo) - 1.
+    the valid pixels closer than ``max_depth``, clamped to [-0.5, 1] and shifted by ``shift`` (``TARGET_SHIFT``, -0.5), i.e. the
+    target lives in [-1, 0.5] and a prediction p maps back with depth = exp((p - shift) * (hi - lo) + lo) - 1.
 
     ``release_depth`` turns a batch's depth / mask / sky into the depth and loss mask the release trains on
     (valid = ``min_depth`` < d < ``max_depth``; sky valid at ``max_depth + sky_margin``).
@@ -141,7 +153,7 @@ class DepthTargetTransform:
     max_depth: float = 80.0
     clamp_min: float = -0.5
     clamp_max: float = 1.0
-    shift: float = -0.5
+    shift: float = TARGET_SHIFT
     min_depth: float = 0.1
     sky_margin: float = 1.0
 
@@ -186,12 +198,12 @@ class DepthTargetTransform:
         view = (-1,) + (1,) * (depth.ndim - 1)
         logd = torch.log1p(depth.clamp_min(0).nan_to_num(0.0, 0.0, 0.0)).float()
         norm = (logd - lo.view(view)) / (hi - lo).view(view)
-        target = norm.clamp(self.clamp_min, self.clamp_max) + self.shift
+        target = x0_from_depth(norm.clamp(self.clamp_min, self.clamp_max), self.shift)
         return target, (lo, hi)
 
     def inverse(self, target: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         view = (-1,) + (1,) * (target.ndim - 1)
-        logd = (target - self.shift) * (hi - lo).view(view) + lo.view(view)
+        logd = depth_from_x0(target, self.shift) * (hi - lo).view(view) + lo.view(view)
         return torch.expm1(logd)
 
 

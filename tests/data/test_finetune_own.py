@@ -93,8 +93,9 @@ def test_readme_finetune_on_own_data_runs_as_written(tmp_path):
     assert results["run"]["global_step"] == 2
     assert 0 < results["model"]["abs_rel"] < 100  # validated on the held-out image, named "own"
     config = (run_dir / "config.yaml").read_text()
-    assert "lr: 1.0e-05" in config and "val_sets:\n  - own" in config
+    assert "lr: 1.0e-05" in config and "name: own" in config  # the validation set, named in data only
     ckpt = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["val_sets"] == ["own"]
     # started from the given weights: two steps at lr 1e-5 stay next to them (a fresh init would not)
     for key, value in init.items():
         trained = ckpt["state_dict"][key]

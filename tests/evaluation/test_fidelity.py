@@ -24,9 +24,9 @@ from ppd_lightning.evaluation.datasets import (
 )
 from ppd_lightning.evaluation.files import FileSource, UnsafeNameError, confine_name
 from ppd_lightning.evaluation.metrics import METRIC_NAMES, depth_metrics_per_image
+from ppd_lightning.evaluation.predictors import SavedPredictions, prediction_path
 from ppd_lightning.evaluation.protocols import get_protocol
 from ppd_lightning.evaluation.run import evaluate, evaluate_benchmark, resolve_benchmarks
-from ppd_lightning.evaluation.predictors import SavedPredictions, prediction_path
 
 PINNED_COUNTS = {"nyuv2": 654, "kitti": 652, "eth3d": 454, "scannet": 800, "diode": 771}
 

@@ -70,17 +70,18 @@ def test_every_experiment_composes_and_instantiates(experiment, moge2_like_encod
             cfg.model.encoder.weights = str(moge2_like_encoder)
             cfg.model.dit.update(hidden_size=64, depth=2, num_heads=2)
             cfg.trainer.update(accelerator="cpu", devices=1, precision="32-true")
-    if experiment == "finetune_own":  # the released model on own data (tests/data/test_finetune_own.py runs it)
-        assert cfg.model.optimizer.lr == 1e-5 and cfg.model.dit.hidden_size == 1024 and cfg.model.val_sets == ["own"]
+    if (
+        experiment == "finetune_own"
+    ):  # the released model on own data (tests/data/test_finetune_own.py runs it)
+        assert cfg.model.optimizer.lr == 1e-5 and cfg.model.dit.hidden_size == 1024
+        assert [s.name for s in cfg.data.val_sources] == ["own"]
         with open_dict(cfg):  # instantiate at a small width with the seeded random test encoder
             cfg.model.encoder = {"allow_random": True, "embed_dim": 32, "depth": 1, "num_heads": 2}
             cfg.model.dit.update(hidden_size=64, depth=2, num_heads=2, semantic_dim=32)
             cfg.trainer.update(accelerator="cpu", devices=1, precision="32-true")
     if experiment == "ablation":
-        assert cfg.hydra.sweeper.params.model == "vanilla_dit,sp_dit,cascade_dit"
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    data.pop("generate", None), data.pop("render_size", None)
-    datamodule = hydra.utils.instantiate(data)
+        assert cfg.hydra.sweeper.params.model == "vanilla_dit,sp_dit,ppd"
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # a pure _target_ spec
     assert datamodule.batch_size >= 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -109,7 +110,7 @@ def test_depth_anything_semantics_are_one_override_away(experiment, vitl_like_en
 @pytest.mark.parametrize(
     "group, options",
     [
-        ("model", ["cascade_dit", "sp_dit", "vanilla_dit"]),
+        ("model", ["ppd", "sp_dit", "vanilla_dit"]),
         ("model_size", ["tiny", "small", "base", "large"]),
         ("trainer", ["cpu", "gpu", "ddp", "ddp_sim", "fsdp"]),
         ("logger", ["csv", "wandb", "none"]),
@@ -204,3 +205,40 @@ def test_gradient_clipping_under_fsdp_goes_through_the_root_module(monkeypatch):
     with pytest.raises(ValueError, match="only norm clipping"):
         module.configure_gradient_clipping(None, 1.0, "value")
     assert isinstance(fake_trainer.strategy, FSDPStrategy)
+
+
+def test_model_variants_are_one_line_overrides_of_the_one_model_config(tmp_path):
+    """model=sp_dit / model=vanilla_dit differ from model=ppd (the release's Cas-DiT) in the DiT variant only;
+    the name cascade_dit means the experiment alone."""
+    base = OmegaConf.to_container(_compose([f"paths.data_dir={tmp_path}"]).model, resolve=True)
+    assert base["dit"]["variant"] == "cascade"
+    for option, variant in (("sp_dit", "sp_dit"), ("vanilla_dit", "vanilla")):
+        cfg = OmegaConf.to_container(
+            _compose([f"model={option}", f"paths.data_dir={tmp_path}"]).model, resolve=True
+        )
+        assert cfg["dit"].pop("variant") == variant
+        assert cfg == {**base, "dit": {k: v for k, v in base["dit"].items() if k != "variant"}}
+    assert not (REPO / "conf" / "model" / "cascade_dit.yaml").exists()
+    with pytest.raises(Exception, match="cascade_dit"):
+        _compose(["model=cascade_dit", f"paths.data_dir={tmp_path}"])
+    # the release experiment keeps its name and its model
+    assert _compose(["experiment=cascade_dit", f"paths.data_dir={tmp_path}"]).model.dit.variant == "cascade"
+
+
+def test_validation_names_are_written_once_in_the_data_config(tmp_path):
+    for experiment in EXPERIMENTS:
+        cfg = _compose([f"experiment={experiment}", f"paths.data_dir={tmp_path}"])
+        assert "val_sets" not in cfg.model, experiment
+
+
+def test_data_config_is_a_pure_target_spec_that_generates_in_prepare_data(tmp_path):
+    cfg = _compose(["experiment=smoke", f"paths.data_dir={tmp_path}"])
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    assert not any(tmp_path.iterdir())  # building it writes nothing
+    dm.prepare_data()
+    out = Path(cfg.data.generate.val.out_dir)
+    assert out.name == "val" and out.parent.name == "synthetic_40x56" and list(out.glob("*.tar"))
+    dm.setup("fit")
+    assert dm.val_names == ["synthetic"]
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape[-2:] == (32, 48)

@@ -97,10 +97,13 @@ def test_only_the_intentional_warnings_are_silenced():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_intentional_warnings()
-        warnings.warn("Found 57 module(s) in eval mode at the start of training. This may ...", UserWarning)
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
-        warnings.warn("Found 3 NaN values in the depth", UserWarning)
-        warnings.warn("some module(s) in eval mode", UserWarning)
+        for message, category in (
+            ("Found 57 module(s) in eval mode at the start of training. This may ...", UserWarning),
+            ("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning),
+            ("Found 3 NaN values in the depth", UserWarning),
+            ("some module(s) in eval mode", UserWarning),
+        ):
+            warnings.warn(message, category, stacklevel=1)
     assert [str(w.message) for w in caught] == [
         "Found 3 NaN values in the depth",
         "some module(s) in eval mode",

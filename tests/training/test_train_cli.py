@@ -125,7 +125,7 @@ def test_ablation_multirun_writes_one_summary(tmp_path, data_dir):
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     variants = [next(o for o in r["overrides"].split() if o.startswith("model=")) for r in rows]
-    assert variants == ["model=vanilla_dit", "model=sp_dit", "model=cascade_dit"]
+    assert variants == ["model=vanilla_dit", "model=sp_dit", "model=ppd"]
     for r in rows:
         assert 0 <= float(r["model/delta1"]) <= 1
     md = (sweep / "summary.md").read_text()

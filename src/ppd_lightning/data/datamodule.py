@@ -25,8 +25,10 @@ A source whose shards of one reader contain no readable sample at all is an erro
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Mapping
 from itertools import islice
 from typing import Any
 
@@ -38,6 +40,7 @@ from .stream import DepthShardStream, NoReadableSamplesError, _check_local_shard
 from .transforms import ReleaseResize
 
 PIPELINES = ("augment", "release")
+log = logging.getLogger(__name__)
 
 __all__ = ["DepthShardDataModule", "DepthShardStream", "NoReadableSamplesError", "collate", "parse_sources"]
 
@@ -131,6 +134,11 @@ class DepthShardDataModule(L.LightningDataModule):
         crop_from: ``{dataset: [H, W]}`` for ``pipeline=release``: resize those to [H, W], then crop (random
             in training, centred in validation); the paper: ``{unrealstereo4k: [1024, 1920]}``.
         return_keys: also put ``key`` (list of ``"<shard>/<sample key>"``) in batches.
+        generate: ``{split: ensure_synthetic_shards arguments}``: the embedded synthetic world's shards, made
+            in ``prepare_data`` when missing (Lightning calls it on each node's local rank 0; the other ranks
+            wait at the trainer's barrier). None: the shards must exist.
+
+    After ``setup``, ``val_names`` lists the validation sources' names (what ``batch['dataset']`` holds).
     """
 
     def __init__(
@@ -152,6 +160,7 @@ class DepthShardDataModule(L.LightningDataModule):
         return_keys: bool = False,
         pipeline: str = "augment",
         crop_from: dict[str, list[int]] | None = None,
+        generate: dict[str, dict[str, Any]] | None = None,
     ):
         super().__init__()
         if pipeline not in PIPELINES:
@@ -185,15 +194,55 @@ class DepthShardDataModule(L.LightningDataModule):
         if pipeline == "release":  # built here so a bad crop_from fails at construction
             for size in (self.train_size, self.val_size):
                 ReleaseResize(size, crop_from=self.crop_from)
+        self.generate = self._check_generate(generate)
+        self.val_names: list[str] | None = None  # set by setup
         self.rank, self.world_size = 0, 1
         self._train_ds: DepthShardStream | None = None
         self._val_ds: DepthShardStream | None = None
         self._position = _StreamPosition(self._trainer_epoch, self._pass_length)
 
+    @staticmethod
+    def _check_generate(generate) -> dict[str, dict[str, Any]]:
+        if generate is None:
+            return {}
+        if not isinstance(generate, Mapping):
+            raise ValueError(
+                f"data.generate must be a mapping {{split: generation arguments}}, got {generate!r}"
+            )
+        import inspect
+
+        from .make_shards import ensure_synthetic_shards
+
+        allowed = inspect.signature(ensure_synthetic_shards).parameters
+        for split, params in generate.items():
+            if not isinstance(params, Mapping) or "out_dir" not in params:
+                raise ValueError(
+                    f"data.generate.{split} must be a mapping of ensure_synthetic_shards arguments with "
+                    f"'out_dir', got {params!r}"
+                )
+            unknown = sorted(set(params) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"data.generate.{split} has unknown keys {unknown}; allowed: {list(allowed)}"
+                )
+        return {str(k): dict(v) for k, v in generate.items()}
+
+    def prepare_data(self) -> None:
+        """Make the ``generate`` shards that are missing (idempotent; Lightning runs it on one process per
+        node, the others wait)."""
+        if not self.generate:
+            return
+        from .make_shards import ensure_synthetic_shards
+
+        for split, params in self.generate.items():
+            ensure_synthetic_shards(**params)
+            log.info("synthetic %s shards ready in %s", split, params["out_dir"])
+
     def setup(self, stage: str | None = None) -> None:
         self.rank, self.world_size = _dist_info(getattr(self, "trainer", None))
         train = parse_sources(self.train_sources_cfg, "train_sources")
         val = parse_sources(self.val_sources_cfg, "val_sources")
+        self.val_names = [s["name"] for s in val]
         _check_local_shards(train + val)
         common = dict(
             rank=self.rank, world_size=self.world_size, seed=self.seed, return_keys=self.return_keys

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from ppd_lightning.data.sources import hypersim as hypersim_source
 from ppd_lightning.evaluation.files import FileSource, UnsafeNameError, confine_name
 from ppd_lightning.geometry import as_intrinsics_matrix, intrinsics_matrix
 
@@ -445,16 +446,15 @@ class Hypersim(BenchmarkDataset):
     name = "hypersim"
     layout = "<scene>/rgb_cam_XX_frXXXX.png + <scene>/depth_plane_cam_XX_frXXXX.png (uint16 mm, planar)"
     rgb_pattern = re.compile(r"^(?P<prefix>(?:.*/)?)(?P<scene>[^/]+)/rgb_(?P<id>cam_[^/]+_fr[^/]+)\.png$")
-    focal = 886.81  # px at 1024 x 768
     depth_scale = 0.001  # mm, planar depth
 
     def depth_candidates(self, m):
         return [f"{m['prefix']}{m['scene']}/depth_plane_{m['id']}.png"]
 
     def default_intrinsics(self, h, w):
-        # focal scales with the width (886.81 px at 1024); principal point at the image centre
-        f = self.focal * w / 1024.0
-        return intrinsics_matrix(f, f, (w - 1) / 2.0, (h - 1) / 2.0)
+        # the data source's camera: focal scaled with the width, principal point at the image centre
+        cam = hypersim_source.camera(h, w)
+        return intrinsics_matrix(cam["fx"], cam["fy"], cam["cx"], cam["cy"])
 
 
 BENCHMARKS: dict[str, type[BenchmarkDataset]] = {

@@ -28,11 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ppd_lightning.flow import OFFICIAL_T
+
 Variant = Literal["cascade", "sp_dit", "vanilla"]
 VARIANTS: tuple[str, ...] = ("cascade", "sp_dit", "vanilla")
 
-# The official model embeds timesteps on a 0..1000 scale; our API takes t in [0, 1].
-TIME_SCALE = 1000.0
+# The official model embeds timesteps on its integer 0..T scale (flow.OFFICIAL_T); our API takes t in [0, 1].
+TIME_SCALE = float(OFFICIAL_T)
 # Depth Anything V2 semantic tokens live on the H/16 x W/16 grid.
 SEMANTIC_STRIDE = 16
 

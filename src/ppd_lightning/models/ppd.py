@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppd_lightning.flow import EulerSampler
+from ppd_lightning.flow import TARGET_SHIFT, EulerSampler, depth_from_x0
 from ppd_lightning.models.dit import CascadeSPDiT
 from ppd_lightning.models.semantics import SemanticEncoder
 
@@ -29,7 +29,8 @@ class PixelPerfectDepth(nn.Module):
     """Monocular relative depth by flow matching in pixel space.
 
     ``sample`` runs the sampler at the given (valid) size and returns the model's depth, which is
-    normalised log-depth: affine-invariant in log(d + 1) (``x0 + 0.5`` as the released model returns it).
+    normalised log-depth: affine-invariant in log(d + 1) (``x0 - shift``, the training target's shift undone:
+    ``flow.TARGET_SHIFT`` = -0.5 for the released model, i.e. ``x0 + 0.5`` as it returns it).
     ``infer`` accepts any image size: it resizes to about ``area`` pixels (keeping the aspect, sides
     multiples of the DiT's size multiple), samples, and brings the prediction back to the input size.
     ``area`` defaults to the area the model was trained at (1024x768 for the released weights).
@@ -41,6 +42,7 @@ class PixelPerfectDepth(nn.Module):
         encoder: SemanticEncoder | None = None,
         steps: int = 4,
         area: int = TRAIN_AREA,
+        shift: float = TARGET_SHIFT,
     ):
         super().__init__()
         if dit.uses_semantics and encoder is None:
@@ -54,6 +56,7 @@ class PixelPerfectDepth(nn.Module):
         self.dit = dit
         self.encoder = encoder if dit.uses_semantics else None
         self.sampler = EulerSampler(steps)
+        self.shift = float(shift)  # the DepthTargetTransform shift the DiT was trained with
         if area < 1:
             raise ValueError(f"working area must be a positive number of pixels, got {area}")
         self.area = int(area)
@@ -87,7 +90,7 @@ class PixelPerfectDepth(nn.Module):
             raise ValueError(f"noise must be {shape} for this image, got {tuple(noise.shape)}")
         semantics = self.semantics(image)
         x0 = self.sampler.sample(lambda x, t: self.dit(x, image, semantics, t), noise.float(), steps)
-        return x0 + 0.5
+        return depth_from_x0(x0, self.shift)
 
     @torch.no_grad()
     def infer(

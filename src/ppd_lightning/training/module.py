@@ -21,7 +21,7 @@ from torch import nn
 from ppd_lightning.errors import DivergenceError
 from ppd_lightning.evaluation.align import align_log_ransac
 from ppd_lightning.evaluation.metrics import DepthMetrics
-from ppd_lightning.flow import DepthTargetTransform, LogitNormalTimesteps
+from ppd_lightning.flow import DepthTargetTransform, LogitNormalTimesteps, depth_from_x0
 from ppd_lightning.losses import semantic_alignment_loss
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
 from ppd_lightning.objective import training_loss
@@ -64,7 +64,10 @@ class PPDLightningModule(L.LightningModule):
     align_loss_weight / align_block: REPA-style alignment of the DiT tokens after ``align_block`` with the
         semantic tokens (ablation only).
     ema_decay: EMA of the DiT weights (None disables); used for validation and export when enabled.
-    val_steps: Euler steps at validation. val_sets: names of the validation sources (batch['dataset']).
+    val_steps: Euler steps at validation.
+    val_sets: names of the validation sources (batch['dataset']). Left out (the configs do), they are the
+        datamodule's ``val_names`` (``data.val_sources[].name``), read in ``setup``; given, they are used
+        only without such a datamodule (a module driven by hand); ``("synthetic",)`` when neither says.
     max_bad_steps: stop after this many consecutive optimizer steps skipped for a non-finite loss.
     seed: seeds the per-step noise and timesteps (a function of (seed, step, rank), so resuming
         reproduces the uninterrupted run).
@@ -84,7 +87,7 @@ class PPDLightningModule(L.LightningModule):
         align_block: int | None = None,
         ema_decay: float | None = 0.9999,
         val_steps: int = 4,
-        val_sets: list[str] | tuple[str, ...] = ("synthetic",),
+        val_sets: list[str] | tuple[str, ...] | None = None,
         max_bad_steps: int = 20,
         baseline_images: int = 512,
         seed: int = 0,
@@ -125,9 +128,7 @@ class PPDLightningModule(L.LightningModule):
         self.ema = EMA(ema_decay) if ema_decay else None
         self.ema_dit = copy.deepcopy(self.dit).requires_grad_(False) if ema_decay else None
         self.val_steps, self.seed = val_steps, seed
-        self.val_sets = list(val_sets)
-        self.val_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets})
-        self.baseline_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets})
+        self._use_val_sets(["synthetic"] if val_sets is None else val_sets)
         self.max_bad_steps, self.baseline_images = max_bad_steps, baseline_images
         # Dataset-mean baseline: the mean training target map, aligned to each image like the model.
         self.register_buffer("mean_target_sum", torch.zeros(0), persistent=True)
@@ -138,6 +139,20 @@ class PPDLightningModule(L.LightningModule):
         self._skip_next_step = False  # set by any micro-batch of the current accumulation window
         self.corrupt_samples = 0
         self.train_size: tuple[int, int] | None = None  # the first training crop (H, W), for checkpoints
+
+    def _use_val_sets(self, names) -> None:
+        """One validation metric (and one baseline metric) per validation source name."""
+        self.val_sets = [str(n) for n in names]
+        self.val_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets}).to(self.device)
+        self.baseline_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets}).to(self.device)
+
+    def setup(self, stage: str) -> None:
+        # The validation names are the datamodule's (data.val_sources[].name): written once, in the data config.
+        dm = getattr(self._trainer, "datamodule", None)
+        names = getattr(dm, "val_names", None)
+        if names and list(names) != self.val_sets:
+            self._use_val_sets(names)
+            self.hparams["val_sets"] = list(self.val_sets)  # checkpoints record the resolved names
 
     # --- parameters ----------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -190,7 +205,8 @@ class PPDLightningModule(L.LightningModule):
 
     def inference_model(self, use_ema: bool = True) -> PixelPerfectDepth:
         dit = self.ema_dit if (use_ema and self.ema_dit is not None) else self.dit
-        return PixelPerfectDepth(dit, self.encoder if dit.uses_semantics else None, steps=self.val_steps)
+        encoder = self.encoder if dit.uses_semantics else None
+        return PixelPerfectDepth(dit, encoder, steps=self.val_steps, shift=self.target.shift)
 
     # --- checkpoints: the frozen encoder is not saved; it is re-attached on load ----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -370,7 +386,10 @@ class PPDLightningModule(L.LightningModule):
         )
         for name in set(names):
             if name not in self.val_metrics:
-                raise KeyError(f"validation source {name!r} is not in model.val_sets {self.val_sets}")
+                raise KeyError(
+                    f"validation source {name!r} is not in model.val_sets {self.val_sets} "
+                    "(data.val_sources[].name: a source's name must be its shards' dataset name)"
+                )
             sel = torch.tensor([n == name for n in names], device=image.device)
             self.val_metrics[name].update(aligned[sel], depth[sel], mask[sel])
             if aligned_base is not None:
@@ -380,7 +399,7 @@ class PPDLightningModule(L.LightningModule):
     def _baseline_prediction(self, like: torch.Tensor) -> torch.Tensor | None:
         if int(self.mean_target_count) == 0:
             return None
-        m = (self.mean_target_sum / self.mean_target_count.float())[None] + 0.5  # as a model depth
+        m = depth_from_x0((self.mean_target_sum / self.mean_target_count.float())[None], self.target.shift)
         if m.shape[-2:] != like.shape[-2:]:
             m = F.interpolate(m, size=like.shape[-2:], mode="bilinear", align_corners=False)
         return m.expand_as(like).contiguous().float()

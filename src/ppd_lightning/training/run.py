@@ -20,17 +20,6 @@ from ppd_lightning import atomic
 log = logging.getLogger("ppd_lightning.train")
 
 
-def generate_synthetic(spec: dict | None) -> None:
-    """Make the embedded synthetic world's shards if missing (idempotent, safe on every DDP rank)."""
-    if not spec:
-        return
-    from ppd_lightning.data.make_shards import ensure_synthetic_shards
-
-    for split, params in spec.items():
-        ensure_synthetic_shards(**params)
-        log.info("synthetic %s shards ready in %s", split, params["out_dir"])
-
-
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if ckpt_path in (None, "", "null"):
         return None
@@ -159,10 +148,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    generate_synthetic(data_cfg.pop("generate", None))
-    data_cfg.pop("render_size", None)  # only used by the generation spec
-    datamodule = hydra.utils.instantiate(data_cfg)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # its prepare_data makes missing shards
     model = hydra.utils.instantiate(cfg.model)
     check_sizes(model, datamodule)  # train and val crops fit the DiT: checked before the first step
     if cfg.get("init_dit"):

@@ -11,6 +11,7 @@ import torch
 
 from ppd_lightning import atomic
 from ppd_lightning.errors import CheckpointError
+from ppd_lightning.flow import TARGET_SHIFT
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
 from ppd_lightning.models.ppd import TRAIN_AREA
 from ppd_lightning.weights.checkpoints import dit_state, read_checkpoint, training_area
@@ -74,7 +75,9 @@ def load_model_from_checkpoint(
             path,
             TRAIN_AREA,
         )
-    return PixelPerfectDepth(dit, encoder, steps=hp.get("val_steps", 4), area=area).to(map_location).eval()
+    shift = (hp.get("target") or {}).get("shift", TARGET_SHIFT)  # the target shift it was trained with
+    model = PixelPerfectDepth(dit, encoder, steps=hp.get("val_steps", 4), area=area, shift=shift)
+    return model.to(map_location).eval()
 
 
 def export_dit(path_in: str | os.PathLike, path_out: str | os.PathLike, use_ema: bool = True) -> Path:

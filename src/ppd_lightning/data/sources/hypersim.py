@@ -24,8 +24,15 @@ from ._common import read_rgb, rel
 NAME = "hypersim"
 # one line for error messages: the files a sample is made of, relative to the root
 LAYOUT = "<scene>/images/scene_<cam>_final_preview/frame.<NNNN>.tonemap.jpg + scene_<cam>_geometry_hdf5/frame.<NNNN>.depth_meters.hdf5"
-FOCAL_1024 = 886.81
+FOCAL_1024 = 886.81  # px at 1024 px wide: the one place for Hypersim's focal length (benchmark included)
 VALID_RANGE = (0.1, 65.0)  # metres, exclusive: the release's Hypersim read_depth
+
+
+def camera(height: int, width: int) -> dict[str, float]:
+    """Hypersim's pinhole camera at this image size: the focal length scales with the width
+    (``FOCAL_1024`` at 1024 px), principal point at the image centre (pixel-centre coordinates)."""
+    focal = FOCAL_1024 * width / 1024.0
+    return {"fx": focal, "fy": focal, "cx": (width - 1) / 2.0, "cy": (height - 1) / 2.0}
 
 
 def list_items(root: str, **_options) -> list[tuple[str, str]]:
@@ -62,14 +69,14 @@ def load_item(root: str, item: tuple[str, str], **_options) -> RawSample:
     if dist.shape != rgb.shape[:2]:
         raise SourceError(f"{h5}: depth is {dist.shape} but {jpg} is {rgb.shape[:2]}")
     h, w = dist.shape
-    focal = FOCAL_1024 * w / 1024.0
+    pinhole = camera(h, w)
     with np.errstate(invalid="ignore"):
-        depth = distance_to_planar(dist, focal)
+        depth = distance_to_planar(dist, pinhole["fx"])
         depth[~((depth > VALID_RANGE[0]) & (depth < VALID_RANGE[1]))] = np.nan  # invalid, as NaN already is
     scene = Path(item[0]).parts[0]
     cam = Path(item[0]).parts[2].replace("scene_", "").replace("_final_preview", "")
     frame = Path(item[0]).name.split(".")[1]
-    meta = {"dataset": NAME, "fx": focal, "fy": focal, "cx": w / 2 - 0.5, "cy": h / 2 - 0.5}
+    meta = {"dataset": NAME, **pinhole}
     meta.update(source=item[0], valid_range=list(VALID_RANGE))
     key = sanitize_key(f"{scene}-{cam}-{frame}")
     return RawSample(key=key, rgb=rgb, depth=depth, meta=meta, rgb_bytes=data, rgb_format="jpg")
