@@ -235,12 +235,30 @@ def test_vanilla_variant_has_no_encoder():
 
 
 def test_validation_logs_model_and_baseline_metrics():
+    from ppd_lightning.training.callbacks import MeanDepthBaseline
+
     m = make_module()
-    trainer = fit(m, [toy_batch(seed=i) for i in range(3)], val=[toy_batch(seed=9), toy_batch(seed=10)])
+    baseline = MeanDepthBaseline(images=512)
+    trainer = fit(
+        m,
+        [toy_batch(seed=i) for i in range(3)],
+        val=[toy_batch(seed=9), toy_batch(seed=10)],
+        callbacks=[baseline],
+    )
     metrics = trainer.callback_metrics
     for key in ("val/toy/abs_rel", "val/toy/delta1", "val_baseline/toy/abs_rel", "val_baseline/toy/delta1"):
         assert key in metrics and math.isfinite(float(metrics[key])), key
     assert 0 <= float(metrics["val/toy/delta1"]) <= 1
+    # the module itself knows nothing of the baseline: without the callback only the model is scored
+    bare = fit(make_module(), [toy_batch(seed=i) for i in range(3)], val=[toy_batch(seed=9)])
+    assert "val/toy/abs_rel" in bare.callback_metrics
+    assert not any(k.startswith("val_baseline/") for k in bare.callback_metrics)
+    # the baseline's sums are the callback's checkpoint state (a resumed run keeps the same baseline)
+    state = baseline.state_dict()
+    assert state["count"] == 3 * toy_batch().get("image").shape[0] and state["sum"].ndim == 3
+    again = MeanDepthBaseline()
+    again.load_state_dict(state)
+    assert again.count == baseline.count and torch.equal(again.sum, baseline.sum)
 
 
 def test_unknown_validation_source_is_a_clear_error():

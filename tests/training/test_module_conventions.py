@@ -28,10 +28,12 @@ def test_module_samples_and_baselines_with_its_target_shift(shift):
     module = make_module(target={"shift": shift})
     assert module.target.shift == shift
     assert module.inference_model().shift == shift
+    from ppd_lightning.training.callbacks import MeanDepthBaseline
+
     mean = torch.linspace(-1.0, 0.5, 12).view(1, 3, 4)  # a mean training target map
-    module.mean_target_sum = mean * 4
-    module.mean_target_count.fill_(4)
-    baseline = module._baseline_prediction(torch.zeros(2, 1, 3, 4))
+    callback = MeanDepthBaseline()
+    callback.load_state_dict({"sum": mean * 4, "count": 4})
+    baseline = callback.prediction(torch.zeros(2, 1, 3, 4), module.target.shift)
     torch.testing.assert_close(baseline, (mean - shift).expand(2, 1, 3, 4))
 
 

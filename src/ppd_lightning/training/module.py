@@ -14,14 +14,13 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from ppd_lightning.errors import DivergenceError
 from ppd_lightning.evaluation.align import align_log_ransac
 from ppd_lightning.evaluation.metrics import DepthMetrics
-from ppd_lightning.flow import DepthTargetTransform, LogitNormalTimesteps, depth_from_x0
+from ppd_lightning.flow import DepthTargetTransform, LogitNormalTimesteps
 from ppd_lightning.losses import semantic_alignment_loss
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
 from ppd_lightning.objective import training_loss
@@ -43,6 +42,22 @@ class EMA:
         ema_p = [p for p in ema.parameters()]
         src_p = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+
+
+def metric_logs(prefix: str, metrics, world_size: int) -> dict[str, float]:
+    """``{prefix}/{name}/{abs_rel,delta1,rmse}`` of each metric that saw images; every metric is reset."""
+    logs = {}
+    for name, metric in metrics.items():
+        if int(metric.count) == 0 and not world_size > 1:
+            metric.reset()
+            continue
+        values = metric.compute()
+        for k in ("abs_rel", "delta1", "rmse"):
+            v = float(values[k])
+            if not math.isnan(v):
+                logs[f"{prefix}/{name}/{k}"] = v
+        metric.reset()
+    return logs
 
 
 class PPDLightningModule(L.LightningModule):
@@ -89,7 +104,6 @@ class PPDLightningModule(L.LightningModule):
         val_steps: int = 4,
         val_sets: list[str] | tuple[str, ...] | None = None,
         max_bad_steps: int = 20,
-        baseline_images: int = 512,
         seed: int = 0,
     ):
         super().__init__()
@@ -129,10 +143,7 @@ class PPDLightningModule(L.LightningModule):
         self.ema_dit = copy.deepcopy(self.dit).requires_grad_(False) if ema_decay else None
         self.val_steps, self.seed = val_steps, seed
         self._use_val_sets(["synthetic"] if val_sets is None else val_sets)
-        self.max_bad_steps, self.baseline_images = max_bad_steps, baseline_images
-        # Dataset-mean baseline: the mean training target map, aligned to each image like the model.
-        self.register_buffer("mean_target_sum", torch.zeros(0), persistent=True)
-        self.register_buffer("mean_target_count", torch.zeros((), dtype=torch.long), persistent=True)
+        self.max_bad_steps = max_bad_steps
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long), persistent=True)
         self.skipped_steps = 0  # optimizer steps skipped (a non-finite loss in any of their micro-batches)
         self._bad_in_a_row = 0
@@ -141,10 +152,9 @@ class PPDLightningModule(L.LightningModule):
         self.train_size: tuple[int, int] | None = None  # the first training crop (H, W), for checkpoints
 
     def _use_val_sets(self, names) -> None:
-        """One validation metric (and one baseline metric) per validation source name."""
+        """One validation metric per validation source name."""
         self.val_sets = [str(n) for n in names]
         self.val_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets}).to(self.device)
-        self.baseline_metrics = nn.ModuleDict({n: DepthMetrics() for n in self.val_sets}).to(self.device)
 
     def setup(self, stage: str) -> None:
         # The validation names are the datamodule's (data.val_sources[].name): written once, in the data config.
@@ -227,9 +237,9 @@ class PPDLightningModule(L.LightningModule):
         self.corrupt_samples = counters.get("corrupt_samples", 0)
         size = (checkpoint.get(METADATA_KEY) or {}).get("train_size")
         self.train_size = None if size is None else (int(size[0]), int(size[1]))
-        n = checkpoint["state_dict"].get("mean_target_sum")
-        if n is not None:
-            self.mean_target_sum = torch.zeros_like(n)
+        # checkpoints written before the baseline became a callback carry its sums in the module state
+        for key in ("mean_target_sum", "mean_target_count"):
+            checkpoint["state_dict"].pop(key, None)
 
     # --- training ------------------------------------------------------------------------------------
     def _generator(self, *salt: int) -> torch.Generator:
@@ -237,7 +247,7 @@ class PPDLightningModule(L.LightningModule):
         g.manual_seed(hash((self.seed, self.global_rank) + salt) % (2**63))
         return g
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
         image = batch["image"]
         B = image.shape[0]
         if self.train_size is None:
@@ -265,7 +275,6 @@ class PPDLightningModule(L.LightningModule):
         finally:
             if hook is not None:
                 hook.remove()
-        self._accumulate_mean_target(out["target"])
         loss = out["loss"]
         logs = {"train/loss_velocity": out["loss_velocity"]}
         if "loss_gradient" in out:
@@ -288,7 +297,8 @@ class PPDLightningModule(L.LightningModule):
             logs["data/corrupt_samples"] = float(self.corrupt_samples)
         self.log_dict(logs, prog_bar=False, batch_size=B)
         self.log("loss", logged_loss, prog_bar=True, logger=False, batch_size=B)
-        return loss
+        # the x0 target goes out with the loss for callbacks (the mean-depth baseline averages it)
+        return {"loss": loss, "target": out["target"].detach()}
 
     def _block_grid(self, block: int, H: int, W: int) -> tuple[int, int]:
         coarse = self.dit.variant == "cascade" and block < self.dit.coarse_depth
@@ -344,17 +354,6 @@ class PPDLightningModule(L.LightningModule):
             self.ema_updates += 1
 
     @torch.no_grad()
-    def _accumulate_mean_target(self, x0: torch.Tensor) -> None:
-        if int(self.mean_target_count) >= self.baseline_images:
-            return
-        s = x0.detach().float().sum(0)
-        if self.mean_target_sum.shape != s.shape:
-            if self.mean_target_sum.numel():
-                return  # keep the first resolution seen
-            self.mean_target_sum = torch.zeros_like(s)
-        self.mean_target_sum += s
-        self.mean_target_count += x0.shape[0]
-
     # --- validation ----------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_model = self.inference_model(use_ema=True)
@@ -379,11 +378,6 @@ class PPDLightningModule(L.LightningModule):
             )
         aligned = align_log_ransac(pred.float(), depth, mask, generator=g)
         names = batch.get("dataset") or [self.val_sets[0]] * image.shape[0]
-        baseline = self._baseline_prediction(pred)
-        g_base = self._generator(2 * 10**9, dataloader_idx, batch_idx)  # independent of the model's draws
-        aligned_base = (
-            align_log_ransac(baseline, depth, mask, generator=g_base) if baseline is not None else None
-        )
         for name in set(names):
             if name not in self.val_metrics:
                 raise KeyError(
@@ -392,31 +386,18 @@ class PPDLightningModule(L.LightningModule):
                 )
             sel = torch.tensor([n == name for n in names], device=image.device)
             self.val_metrics[name].update(aligned[sel], depth[sel], mask[sel])
-            if aligned_base is not None:
-                self.baseline_metrics[name].update(aligned_base[sel], depth[sel], mask[sel])
-        return {"image": image, "pred": aligned, "depth": depth, "mask": mask, "sky": batch.get("sky")}
-
-    def _baseline_prediction(self, like: torch.Tensor) -> torch.Tensor | None:
-        if int(self.mean_target_count) == 0:
-            return None
-        m = depth_from_x0((self.mean_target_sum / self.mean_target_count.float())[None], self.target.shift)
-        if m.shape[-2:] != like.shape[-2:]:
-            m = F.interpolate(m, size=like.shape[-2:], mode="bilinear", align_corners=False)
-        return m.expand_as(like).contiguous().float()
+        return {
+            "image": image,
+            "pred": aligned,
+            "raw_pred": pred,
+            "depth": depth,
+            "mask": mask,
+            "sky": batch.get("sky"),
+            "names": names,
+        }
 
     def on_validation_epoch_end(self) -> None:
-        logs = {}
-        for prefix, metrics in (("val", self.val_metrics), ("val_baseline", self.baseline_metrics)):
-            for name, metric in metrics.items():
-                if int(metric.count) == 0 and not self.trainer.world_size > 1:
-                    metric.reset()
-                    continue
-                values = metric.compute()
-                for k in ("abs_rel", "delta1", "rmse"):
-                    v = float(values[k])
-                    if not math.isnan(v):
-                        logs[f"{prefix}/{name}/{k}"] = v
-                metric.reset()
+        logs = metric_logs("val", self.val_metrics, self.trainer.world_size)
         if logs:
             self.log_dict(logs, sync_dist=False)
         first = f"val/{self.val_sets[0]}/abs_rel"
