@@ -242,3 +242,14 @@ def test_data_config_is_a_pure_target_spec_that_generates_in_prepare_data(tmp_pa
     assert dm.val_names == ["synthetic"]
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape[-2:] == (32, 48)
+
+
+@pytest.mark.parametrize("overrides", [["experiment=demo"], ["experiment=pretrain_512"]])
+def test_demo_keeps_the_released_width_to_coarse_patch_ratio(overrides, tmp_path):
+    """The released Cas-DiT's width equals the values in one coarse patch (1024 = 4 channels x 16 x 16); the CPU
+    demo keeps that ratio (64 = 4 x 4 x 4), which is what made it learn faster per second than the 128-wide,
+    p = 4 model (benchmarks/README.md "CPU demo ablation")."""
+    cfg = _compose([*overrides, f"paths.data_dir={tmp_path}"])
+    dit = cfg.model.dit
+    assert dit.variant == "cascade"
+    assert dit.hidden_size == dit.in_channels * (2 * dit.patch_size) ** 2
