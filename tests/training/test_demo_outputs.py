@@ -139,4 +139,5 @@ def test_smoke_run_prints_the_demo_image_and_no_warning_noise(tmp_path):
     text = proc.stdout + proc.stderr
     assert "in eval mode at the start of training" not in text
     assert "LeafSpec" not in text
+    assert "Tip:" not in text  # Lightning's product suggestion
     assert "Traceback" not in text

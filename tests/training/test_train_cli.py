@@ -150,7 +150,7 @@ def test_compile_trains_and_keeps_checkpoint_names(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_default_demo_beats_the_mean_depth_baseline(tmp_path):
-    """`python train.py` as in the README (about 10 minutes on 2 cores): the proof that target transform,
+    """`python train.py` as in the README (about 8 minutes on 2 cores): the proof that target transform,
     loss, sampler and alignment work together."""
     run = tmp_path / "demo"
     proc = subprocess.run(
@@ -168,5 +168,9 @@ def test_default_demo_beats_the_mean_depth_baseline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((run / "results.json").read_text())
     model, baseline = results["model"], results["baseline"]
-    assert model["abs_rel"] < 0.85 * baseline["abs_rel"]
+    # measured from a fresh clone: 0.501 / 0.500 against the baseline's 0.835 / 0.470 (README "Quick start").
+    # 0.7x fails the previous demo (128 wide, p = 4: 0.596 against 0.835, 0.71x); the margin covers the
+    # single noise sample's spread (about +-0.03 AbsRel) and other torch releases.
+    assert model["abs_rel"] < 0.7 * baseline["abs_rel"]
     assert model["delta1"] > baseline["delta1"]
+    assert results["run"]["global_step"] == 900

@@ -120,9 +120,24 @@ INTENTIONAL_WARNINGS = (
 )
 
 
+class _DropAdvertisements(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing ..." lines (product suggestions, not about this run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith("💡 Tip")
+
+
+_ADVERTISEMENT_FILTER = _DropAdvertisements()
+
+
 def quiet_intentional_warnings() -> None:
     for message in INTENTIONAL_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    # filters act on the logger a record is made at: Lightning's rank-zero helpers log at these two
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _ADVERTISEMENT_FILTER not in logger.filters:
+            logger.addFilter(_ADVERTISEMENT_FILTER)
 
 
 def write_demo_image(callbacks: list, path: Path) -> Path | None:
