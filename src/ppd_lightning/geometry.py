@@ -10,7 +10,13 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["as_intrinsics_matrix", "depth_to_points", "focal_from_hfov", "intrinsics_matrix"]
+__all__ = [
+    "as_intrinsics_matrix",
+    "centred_camera",
+    "depth_to_points",
+    "focal_from_hfov",
+    "intrinsics_matrix",
+]
 
 
 def intrinsics_matrix(fx: float, fy: float | None = None, cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
@@ -36,6 +42,13 @@ def focal_from_hfov(width: float, hfov_degrees: float) -> float:
     if not 0.0 < hfov_degrees < 180.0:
         raise ValueError(f"horizontal field of view must be in (0, 180) degrees, got {hfov_degrees}")
     return (width / 2.0) / math.tan(math.radians(hfov_degrees) / 2.0)
+
+
+def centred_camera(height: int, width: int, focal: float) -> dict[str, float]:
+    """``{fx, fy, cx, cy}`` of a square-pixel pinhole with its principal point at the image centre
+    (pixel-centre coordinates: the centre of a ``width``-pixel row is ``(width - 1) / 2``)."""
+    focal = float(focal)
+    return {"fx": focal, "fy": focal, "cx": (width - 1) / 2.0, "cy": (height - 1) / 2.0}
 
 
 def depth_to_points(depth, intrinsics, mask=None):

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ppd_lightning import atomic, visualize
 from ppd_lightning.errors import DiskFullError, exit_on_user_error, is_user_error, one_line
-from ppd_lightning.geometry import depth_to_points, focal_from_hfov, intrinsics_matrix
+from ppd_lightning.geometry import centred_camera, depth_to_points, focal_from_hfov, intrinsics_matrix
 from ppd_lightning.weights import load_model_from_checkpoint, load_pixel_perfect_depth
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -200,7 +200,8 @@ def predict_one(model, path: Path, stem: Path, args, device, autocast) -> list[P
         h, w = depth.shape
         focal = args.focal or focal_from_hfov(w, args.fov)
         valid = np.isfinite(depth) & (depth > 0)
-        pts = depth_to_points(depth, intrinsics_matrix(focal, focal, (w - 1) / 2, (h - 1) / 2), valid)
+        cam = centred_camera(h, w, focal)
+        pts = depth_to_points(depth, intrinsics_matrix(cam["fx"], cam["fy"], cam["cx"], cam["cy"]), valid)
         files.append(visualize.write_ply(f"{stem}.ply", pts, rgb[valid]))
     return files
 

@@ -66,3 +66,12 @@ def test_subsampled_edge_score_is_the_same_in_every_run():
     full = edge_chamfer(noisy, gt, valid, K, max_points=None)
     runs = {edge_chamfer(noisy, gt, valid, K, max_points=50) for _ in range(3)}
     assert len(runs) == 1 and abs(runs.pop() - full) < 0.5 * full
+
+
+def test_centred_camera_puts_the_principal_point_at_the_pixel_centre_of_the_image():
+    from ppd_lightning.geometry import centred_camera, focal_from_hfov
+
+    assert centred_camera(3, 5, 10) == {"fx": 10.0, "fy": 10.0, "cx": 2.0, "cy": 1.0}
+    # a 90 degree field of view: the focal length is half the width
+    cam = centred_camera(480, 640, focal_from_hfov(640, 90.0))
+    assert abs(cam["fx"] - 320.0) < 1e-9 and (cam["cx"], cam["cy"]) == (319.5, 239.5)

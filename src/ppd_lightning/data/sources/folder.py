@@ -38,7 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ...geometry import focal_from_hfov
+from ...geometry import centred_camera, focal_from_hfov
 from ..codec import RawSample
 from . import SourceError, sanitize_key
 from ._common import check_same_size, read_bytes, read_npy, read_png_u16, read_rgb
@@ -317,8 +317,8 @@ def load_item(
         fx, fy, cx, cy = parse_intrinsics(intrinsics, "--intrinsics")
         how = "given"
     else:
-        fx = fy = focal_from_hfov(w, ASSUMED_HFOV_DEG)
-        cx, cy, how = w / 2 - 0.5, h / 2 - 0.5, "assumed"
+        cam = centred_camera(h, w, focal_from_hfov(w, ASSUMED_HFOV_DEG))
+        fx, fy, cx, cy, how = cam["fx"], cam["fy"], cam["cx"], cam["cy"], "assumed"
     meta = {"dataset": name, "fx": fx, "fy": fy, "cx": cx, "cy": cy, "intrinsics": how}
     meta.update(source=rgb_rel, depth_source=depth_rel)
     jpg = rgb_path.suffix.lower() in (".jpg", ".jpeg")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...geometry import centred_camera
 from ..codec import RawSample
 from . import SourceError, sanitize_key
 from ._common import read_rgb, rel
@@ -31,8 +32,7 @@ VALID_RANGE = (0.1, 65.0)  # metres, exclusive: the release's Hypersim read_dept
 def camera(height: int, width: int) -> dict[str, float]:
     """Hypersim's pinhole camera at this image size: the focal length scales with the width
     (``FOCAL_1024`` at 1024 px), principal point at the image centre (pixel-centre coordinates)."""
-    focal = FOCAL_1024 * width / 1024.0
-    return {"fx": focal, "fy": focal, "cx": (width - 1) / 2.0, "cy": (height - 1) / 2.0}
+    return centred_camera(height, width, FOCAL_1024 * width / 1024.0)
 
 
 def list_items(root: str, **_options) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...geometry import focal_from_hfov
+from ...geometry import centred_camera, focal_from_hfov
 from ..codec import RawSample
 from . import SourceError, sanitize_key
 from ._common import SKY_DEPTH, check_same_size, read_rgb, rel
@@ -78,7 +78,6 @@ def load_item(root: str, item: tuple[str, str], **_options) -> RawSample:
     depth = read_exr_channel(depth_path) * DEPTH_SCALE
     check_same_size(rgb, depth, img_path, depth_path)
     h, w = depth.shape
-    f = focal_from_hfov(w, ASSUMED_HFOV_DEG)
-    meta = {"dataset": NAME, "fx": f, "fy": f, "cx": w / 2 - 0.5, "cy": h / 2 - 0.5, "intrinsics": "assumed"}
+    meta = {"dataset": NAME, **centred_camera(h, w, focal_from_hfov(w, ASSUMED_HFOV_DEG)), "intrinsics": "assumed"}
     meta.update(source=item[0], sky=f"depth > {SKY_DEPTH:g} m")
     return RawSample(key=sanitize_key(img_path.stem), rgb=rgb, depth=depth, meta=meta, sky=depth > SKY_DEPTH)
