@@ -6,6 +6,7 @@ import torch
 from fake_benchmarks import build
 
 from ppd_lightning.evaluation.datasets import Sample, build_benchmark
+from ppd_lightning.evaluation.metrics import depth_metrics_per_image
 from ppd_lightning.evaluation.protocols import PROTOCOLS, get_protocol
 
 
@@ -102,17 +103,56 @@ def test_unknown_names():
     assert math.isinf(PROTOCOLS["marigold"].spec("eth3d").max_depth)
 
 
-def test_marigold_eth3d_fits_scale_and_shift_at_most_1024_px():
+def _marigold_metrics(pred, gt, valid):
+    """Marigold's ``abs_relative_difference`` and ``delta1_acc`` (src/util/metric.py), torch float32."""
+    rel = torch.abs(pred - gt) / gt
+    rel[~valid] = 0
+    n = valid.sum((-1, -2))
+    abs_rel = (torch.sum(rel, (-1, -2)) / n).mean()
+    hit = torch.where(torch.max(pred / gt, gt / pred) < 1.25, 1.0, 0.0)
+    hit[~valid] = 0
+    return float(abs_rel), float((torch.sum(hit, (-1, -2)) / n).mean())
+
+
+def _marigold_eth3d(gt, pred, valid, max_resolution=1024):
+    """Marigold's ETH3D scoring as its code does it: ``align_depth_least_square`` (each map as a
+    (1, H, W) tensor through ``torch.nn.Upsample(scale_factor=s, mode="nearest")``, ``np.linalg.lstsq``
+    on the masked pixels), clip to (1e-5, inf) and >= 1e-6, then its metrics."""
+    s = np.min(max_resolution / np.array(pred.shape[-2:]))
+    gt_s, pred_s, valid_s = gt, pred, valid
+    if s < 1:
+        down = torch.nn.Upsample(scale_factor=s, mode="nearest")
+        gt_s = down(torch.as_tensor(gt).unsqueeze(0)).numpy()
+        pred_s = down(torch.as_tensor(pred).unsqueeze(0)).numpy()
+        valid_s = down(torch.as_tensor(valid).unsqueeze(0).float()).bool().numpy()
+    p = pred_s[valid_s].reshape((-1, 1))
+    (scale, shift), *_ = np.linalg.lstsq(
+        np.concatenate([p, np.ones_like(p)], -1), gt_s[valid_s].reshape((-1, 1)), rcond=None
+    )
+    aligned = np.clip(np.clip(pred * scale + shift, 1e-5, np.inf), 1e-6, None)
+    return _marigold_metrics(torch.from_numpy(aligned), torch.from_numpy(gt), torch.from_numpy(valid))
+
+
+@pytest.mark.parametrize("h, w", [(1100, 1650), (1650, 1100)])
+def test_marigold_eth3d_scores_are_marigolds_own(h, w):
+    """Landscape and portrait maps above 1024 px (fitted at h x 1024 and h x 682 by Marigold: its
+    Upsample narrows only the width), depth with holes and inf, a noisy prediction with gross
+    outliers: AbsRel and delta1 equal Marigold's code's to 1e-6."""
     assert PROTOCOLS["marigold"].spec("eth3d").alignment_max_res == 1024
     assert PROTOCOLS["marigold"].spec("nyuv2").alignment_max_res is None
-    g = torch.Generator().manual_seed(0)
-    gt = torch.rand(1, 1100, 40, generator=g) * 4 + 1  # taller than 1024: fitted on a subsample
-    mask = torch.ones_like(gt, dtype=torch.bool)
-    pred = gt * 2 + 0.1 * torch.randn(gt.shape, generator=g)
-    proto = get_protocol("marigold")
-    got = proto.align(pred, gt, mask, "eth3d")
-    full = get_protocol("marigold", overrides={"eth3d": {"alignment_max_res": None}}).align(
-        pred, gt, mask, "eth3d"
-    )
-    assert not torch.equal(got, full)
-    torch.testing.assert_close(got, full, rtol=2e-2, atol=2e-2)  # a subsample of the same data
+    g = torch.Generator().manual_seed(h)
+    gt = 0.5 + 30 * torch.rand(h, w, generator=g) ** 2
+    gt[torch.rand(h, w, generator=g) < 0.3] = 0.0
+    gt[torch.rand(h, w, generator=g) < 0.05] = math.inf
+    # the prediction's error grows with the column, so which columns are fitted matters
+    cols = torch.linspace(0, 1, w)[None]
+    pred = torch.where(gt.isfinite(), gt, 10.0) * (0.4 + 0.2 * cols) + 0.3 * torch.randn(h, w, generator=g)
+    pred = torch.where(torch.rand(h, w, generator=g) < 0.02, 40 * torch.rand(h, w, generator=g), pred)
+    valid = (gt > 1e-5) & (gt < math.inf)
+    expect = _marigold_eth3d(gt.numpy(), pred.numpy(), valid.numpy())
+    aligned = get_protocol("marigold").align(pred[None], gt[None], valid[None], "eth3d")
+    metrics, _ = depth_metrics_per_image(aligned, gt[None], valid[None])
+    got = (float(metrics["abs_rel"][0]), float(metrics["delta1"][0]))
+    assert got == pytest.approx(expect, abs=1e-6), (got, expect)
+    full = _marigold_eth3d(gt.numpy(), pred.numpy(), valid.numpy(), max_resolution=10**6)
+    assert max(abs(f - e) for f, e in zip(full, expect)) > 1e-4  # the downscale matters on this data

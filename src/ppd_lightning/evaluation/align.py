@@ -1,35 +1,46 @@
-"""Batched alignment of affine-invariant predictions to ground truth, in torch.
+"""Alignment of affine-invariant predictions to ground truth, per image of a batch.
 
-Two alignments, one implementation each, shared by ``evaluate.py`` and the training validation:
+Two alignments, one implementation each, shared by ``evaluate.py``, the training validation and the
+point clouds:
 
 * :func:`align_least_squares` (``marigold`` protocol): per image, the scale and shift minimising
-  ``sum_valid (s * p + t - d)^2`` in depth space (``lstsq([p, 1], d)``), closed form.
-* :func:`align_log_ransac` (``ppd`` protocol): per image, ``log(d + 1) ~= a * p + b`` fitted by
-  RANSAC with the semantics of scikit-learn's ``RANSACRegressor(max_trials=1000)`` on a
-  ``LinearRegression``: 2-point minimal samples, residual threshold = median absolute deviation
-  (MAD) of ``log(d + 1)`` over the valid pixels, inliers ``|residual| <= threshold``, the model
-  with the most inliers wins, dynamic stopping at ``stop_probability`` and a least-squares refit on
-  the winner's inliers. If the fitted slope is not positive, the fallback is the ratio of means
-  ``a = mean(log(d + 1)) / mean(p), b = 0``; the result is ``exp(a * p + b) - 1`` clipped to
-  ``[1e-3, max valid d]`` per image.
+  ``sum_valid (s * p + t - d)^2`` in depth space, closed form; ``max_resolution`` is Marigold's
+  ``alignment_max_res``, reproduced exactly (it only narrows the width, see there).
+* :func:`align_log_ransac` (``ppd`` protocol): per image, ``log(d + 1) ~= a * p + b`` fitted as
+  scikit-learn's ``RANSACRegressor(max_trials=1000)`` on a ``LinearRegression`` does: 2-point
+  samples, residual threshold = median absolute deviation (MAD) of ``log(d + 1)``, inliers
+  ``|residual| <= threshold``, the sample with the most inliers wins (on a tie: an R^2 on its
+  inliers at least as high), dynamic stopping at ``stop_probability``, least-squares refit on the
+  winner's inliers. A non-positive slope falls back to ``a = mean(log(d + 1)) / mean(p), b = 0``;
+  the result ``exp(a * p + b) - 1`` is clipped to ``[1e-3, max valid d]`` per image.
 
-Everything is vectorised over images and RANSAC trials: no per-image Python loop. Inputs are
-``(B, H, W)`` (or ``(B, 1, H, W)``) tensors plus a bool mask of the same shape; the output has the
-input's shape. Images without enough valid pixels are returned unchanged (least squares: fewer than
-one valid pixel) or with the fallback (RANSAC).
+For the same sequence of 2-point samples the RANSAC is scikit-learn's answer: the same trials, the
+same inlier set (its float64 test ``|y - (a x + b)| <= thr``), the same refit. Its trial loop
+(:func:`_search`) runs on the host over inlier counts from one of two backends, both counting on
+float32 residuals with the float64 test for the pixels within a rounding bound of the threshold
+(:func:`_margin`): the float64 counts at half the memory traffic.
+
+* CPU tensors (:class:`_HostPoints`): numpy, one image and one trial at a time (none past the stop)
+  into reused buffers, the MAD by two in-place ``np.partition``.
+* other devices (:class:`_BatchPoints`): torch, all images at once in padded rows, chunks of 1, 1,
+  2, 4, ... trials: few kernel launches and host round trips, what a GPU batch pays for.
+
+Inputs are ``(B, H, W)`` (or ``(B, 1, H, W)``) tensors plus a bool mask of the same shape; outputs have
+the input's shape. One (H, W) map: ``align_log_ransac(pred[None], gt[None], mask[None])[0]``.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ppd_lightning.evaluation.reduce import sum_f64
 
 __all__ = [
+    "RansacFit",
     "align_least_squares",
     "align_log_ransac",
     "fit_least_squares",
@@ -39,9 +50,7 @@ __all__ = [
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 4:
-        if x.shape[1] != 1:
-            raise ValueError(f"expected (B,1,H,W) or (B,H,W), got {tuple(x.shape)}")
+    if x.dim() == 4 and x.shape[1] == 1:
         x = x[:, 0]
     if x.dim() != 3:
         raise ValueError(f"expected (B,1,H,W) or (B,H,W), got {tuple(x.shape)}")
@@ -58,36 +67,33 @@ def _check(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> None:
         raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
 
 
+# --- least squares (marigold) ----------------------------------------------------------------------
+
+
 def _weighted_lstsq(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row least squares ``y ~= a * x + b`` over the entries where ``w`` is true.
 
     ``x, y``: (B, N) float; ``w``: (B, N) bool. Sums are accumulated in float64 around the row
-    means (numerically the same as ``np.linalg.lstsq`` on these sizes). Rows with fewer than one
-    selected entry get ``a = 0, b = 0``; rows where ``x`` is constant get ``a = 0, b = mean(y)``
-    (the minimum-norm solution of the centred problem, as ``LinearRegression`` gives).
+    means (numerically the same as ``np.linalg.lstsq`` on these sizes). Rows without a selected
+    entry get ``a = 0, b = 0``; rows where ``x`` is constant get ``a = 0, b = mean(y)`` (the
+    minimum-norm solution of the centred problem, as ``LinearRegression`` gives).
     """
-    # float32 element-wise work, float64 accumulation (memory-bound; no float64 copies of the maps)
-    wf = w.to(x.dtype)
+    # float32 element-wise work, float64 accumulation. Entries outside ``w`` are replaced, not
+    # weighted: an inf or NaN there must not reach the sums
+    x, y = torch.where(w, x, 0.0), torch.where(w, y, 0.0)
     n = sum_f64(w)
     safe_n = n.clamp_min(1.0)
-    mx = sum_f64(x * wf) / safe_n
-    my = sum_f64(y * wf) / safe_n
-    cx = (x - mx[:, None].to(x.dtype)) * wf
-    cy = (y - my[:, None].to(y.dtype)) * wf
-    sxx = sum_f64(cx * cx)
-    sxy = sum_f64(cx * cy)
-    # the centring used float32 means: correct for the (tiny) residual offsets
-    ex = sum_f64(cx) / safe_n
-    ey = sum_f64(cy) / safe_n
-    sxx = sxx - n * ex * ex
-    sxy = sxy - n * ex * ey
-    degenerate = sxx <= 1e-12 * n.clamp_min(1.0) * (mx * mx + 1.0)
-    a = torch.where(degenerate, torch.zeros_like(sxx), sxy / torch.where(degenerate, 1.0, sxx))
+    mx, my = sum_f64(x) / safe_n, sum_f64(y) / safe_n
+    cx = torch.where(w, x - mx[:, None].to(x.dtype), 0.0)
+    cy = torch.where(w, y - my[:, None].to(y.dtype), 0.0)
+    # the centring used rounded means: correct for the (tiny) residual offsets
+    ex, ey = sum_f64(cx) / safe_n, sum_f64(cy) / safe_n
+    sxx = sum_f64(cx * cx) - n * ex * ex
+    sxy = sum_f64(cx * cy) - n * ex * ey
+    degenerate = sxx <= 1e-12 * safe_n * (mx * mx + 1.0)
+    a = torch.where(degenerate, 0.0, sxy / torch.where(degenerate, 1.0, sxx))
     b = my - a * mx
-    empty = n < 1
-    a = torch.where(empty, torch.zeros_like(a), a)
-    b = torch.where(empty, torch.zeros_like(b), b)
-    return a, b
+    return torch.where(n < 1, 0.0, a), torch.where(n < 1, 0.0, b)
 
 
 def fit_least_squares(
@@ -97,9 +103,22 @@ def fit_least_squares(
     over ``mask``."""
     _check(pred, gt, mask)
     x, y = _flatten(pred), _flatten(gt)
-    if not x.is_floating_point() or x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     return _weighted_lstsq(x, y.to(x.dtype), _flatten(mask))
+
+
+def _marigold_downscale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Marigold's ``torch.nn.Upsample(scale_factor=factor, mode="nearest")`` on each map as a
+    (1, H, W) tensor: a 3-D input is read as (N, C, L), so only the width is resampled (to
+    ``floor(W * factor)`` columns, column ``j`` taken from ``floor(j / factor)``) and every row is
+    kept. The batch is the N axis, which changes nothing per map. Bool maps go through float32 and
+    come back as ``.bool()``, as Marigold's mask does."""
+    h, w = x.shape[-2:]
+    maps = x.reshape(-1, h, w)
+    src = maps.float() if x.dtype == torch.bool else maps
+    out = torch.nn.functional.interpolate(src, scale_factor=factor, mode="nearest")
+    return out.bool() if x.dtype == torch.bool else out
 
 
 def align_least_squares(
@@ -107,29 +126,26 @@ def align_least_squares(
 ) -> torch.Tensor:
     """Scale-and-shift ``pred`` onto ``gt`` in depth space (marigold protocol); no clipping.
 
-    ``max_resolution``: fit the scale and shift on maps brought down (nearest, by the factor
-    ``min(max_resolution / H, max_resolution / W)``, as Marigold's ``alignment_max_res``) when the
-    maps are larger, then apply them at full resolution. Images without a valid pixel are returned
-    unchanged.
+    ``max_resolution``: when ``s = min(max_resolution / H, max_resolution / W) < 1``, the scale and
+    shift are fitted on the maps brought down as Marigold's ``alignment_max_res`` does
+    (:func:`_marigold_downscale`: the width only, an ETH3D 4032 x 6048 map is fitted at
+    4032 x 1024, a portrait 6048 x 4032 one at 6048 x 682), then applied at full resolution.
+    Images without a valid pixel are returned unchanged.
     """
     _check(pred, gt, mask)
-    fp, fg, fm = pred, gt, mask
     h, w = pred.shape[-2:]
-    factor = None if max_resolution is None else min(max_resolution / h, max_resolution / w)
-    if factor is not None and factor < 1:
-
-        def down(x: torch.Tensor) -> torch.Tensor:
-            x4 = x.reshape(-1, 1, h, w).to(torch.float32 if x.dtype == torch.bool else x.dtype)
-            return torch.nn.functional.interpolate(x4, scale_factor=factor, mode="nearest")[:, 0]
-
-        fp, fg, fm = down(pred), down(gt), down(mask) > 0
+    factor = math.inf if max_resolution is None else min(max_resolution / h, max_resolution / w)
+    fp, fg, fm = (
+        (_marigold_downscale(v, factor) for v in (pred, gt, mask)) if factor < 1 else (pred, gt, mask)
+    )
     scale, shift = fit_least_squares(fp, fg, fm)
     has = _flatten(fm).any(1)
-    scale = torch.where(has, scale, torch.ones_like(scale))
-    shift = torch.where(has, shift, torch.zeros_like(shift))
+    scale, shift = torch.where(has, scale, 1.0), torch.where(has, shift, 0.0)
     view = (-1,) + (1,) * (pred.dim() - 1)
-    out = pred * scale.view(view).to(pred.dtype) + shift.view(view).to(pred.dtype)
-    return out
+    return pred * scale.view(view).to(pred.dtype) + shift.view(view).to(pred.dtype)
+
+
+# --- medians ---------------------------------------------------------------------------------------
 
 
 def _nan_median(xv: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -146,501 +162,427 @@ def _nan_median(xv: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 
 def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-row median of ``x`` (B, N) over ``mask`` (B, N), NaN for empty rows.
-
-    Matches ``np.median``: the mean of the two middle values when the count is even. One
-    selection (``nanmedian`` gives the lower middle value) plus, for even counts, two linear passes
-    for the upper one.
-    """
+    """Per-row median of ``x`` (B, N) over ``mask`` (B, N), NaN for empty rows; as ``np.median``
+    (the mean of the two middle values when the count is even)."""
     return _nan_median(torch.where(mask, x, math.nan), mask.sum(1))
 
 
-def _compact_valid(
-    m: torch.Tensor, *rows: torch.Tensor, fills: tuple[float, ...] = ()
-) -> tuple[torch.Tensor, ...]:
-    """Pack each row's valid entries to the front: (B, N) -> (B, max count), order kept.
-
-    One scatter per tensor, O(N): the positions are the running count of valid entries. Entries
-    past a row's count are ``fills[i]`` for the i-th tensor (0 when not given; callers track the
-    counts). When every entry is valid the inputs are returned as they are.
-    """
-    n_max = int(m.sum(1).max().item()) if m.numel() else 0
-    if n_max == m.shape[1] and bool(m.all()):
-        return tuple(rows)
-    pos = torch.where(m, m.cumsum(1) - 1, n_max)
-    out = []
-    for i, r in enumerate(rows):
-        fill = fills[i] if i < len(fills) else 0.0
-        packed = torch.full((r.shape[0], n_max + 1), fill, dtype=r.dtype, device=r.device)
-        packed.scatter_(1, pos, r)  # invalid entries all land in the spare last column
-        out.append(packed[:, :n_max])
-    return tuple(out)
+def _partition_median(v: np.ndarray) -> float:
+    """``np.median`` of a non-empty float array without NaN, partitioning ``v`` in place (one
+    selection; for an even count the lower middle value is the maximum of the lower part)."""
+    k = v.size // 2
+    v.partition(k)
+    return float(v[k]) if v.size % 2 else float((v[:k].max() + v[k]) / 2)
 
 
-def _randint_below(n: torch.Tensor, shape: tuple[int, ...], generator, device) -> torch.Tensor:
-    """Uniform integers in ``[0, n_b)`` for each row b (``n`` of shape (B,), result (B, *shape))."""
-    gen_device = generator.device if generator is not None else device
-    u = torch.rand((n.shape[0], *shape), generator=generator, device=gen_device, dtype=torch.float64)
-    u = u.to(device)
-    view = (-1,) + (1,) * len(shape)
-    k = torch.floor(u * n.view(view).to(torch.float64)).long()
-    return torch.minimum(k, (n.view(view) - 1).clamp_min(0))
+def _mad(v: np.ndarray, scratch: np.ndarray) -> float:
+    """scikit-learn's threshold ``np.median(np.abs(v - np.median(v)))`` (0 for no value), by two
+    in-place selections on ``scratch`` (float64, at least ``v.size`` long)."""
+    if not v.size:
+        return 0.0
+    d = scratch[: v.size]
+    np.copyto(d, v)
+    med = _partition_median(d)
+    return _partition_median(np.abs(np.subtract(v, med, out=d), out=d))
 
 
-_EPS64 = sys.float_info.epsilon  # numpy's np.spacing(1), scikit-learn's _EPSILON
-_EPS32 = 2.0**-24
+# --- RANSAC: scikit-learn's trial loop ---------------------------------------------------------------
+
+_EPS = float(np.spacing(1))  # scikit-learn's _EPSILON
+_U32 = 2.0**-24  # float32 unit roundoff
 
 
-def _dynamic_max_trials(n_inliers: torch.Tensor, n_samples: torch.Tensor, probability: float) -> torch.Tensor:
-    """scikit-learn's ``_dynamic_max_trials`` for 2-point samples, elementwise (float64)."""
-    nom = max(_EPS64, 1.0 - probability)
+def _stop_bound(n_inliers: int, n_points: int, probability: float) -> float:
+    """scikit-learn's ``_dynamic_max_trials`` for 2-point samples."""
+    ratio = n_inliers / n_points
+    nom, denom = max(_EPS, 1.0 - probability), max(_EPS, 1.0 - ratio * ratio)
     if nom == 1.0:
-        return torch.zeros_like(n_inliers, dtype=torch.float64)
-    ratio = n_inliers.to(torch.float64) / n_samples.to(torch.float64)
-    denom = (1.0 - ratio**2).clamp_min(_EPS64)
-    bound = torch.ceil(math.log(nom) / torch.log(denom)).abs()
-    return torch.where(denom == 1.0, torch.full_like(bound, math.inf), bound)
+        return 0.0
+    return math.inf if denom == 1.0 else abs(math.ceil(math.log(nom) / math.log(denom)))
 
 
-def _two_point_lines(x1, x2, y1, y2) -> tuple[torch.Tensor, torch.Tensor]:
-    """``LinearRegression`` on two points (float64): the line through them, or the horizontal line
-    through their mean when ``x1 == x2`` (scikit-learn's minimum-norm solution; no trial is skipped)."""
+def _two_point_lines(x1, y1, x2, y2):
+    """``LinearRegression`` on two points, element-wise in float64 (numpy or torch): the line through
+    them, or the horizontal line through their mean when ``x1 == x2`` (its minimum-norm solution:
+    the trial counts, it is not skipped)."""
     xm, ym = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
-    dx1, dx2 = x1 - xm, x2 - xm
-    sxx = dx1 * dx1 + dx2 * dx2
-    ok = sxx > 0
-    a = torch.where(
-        ok, (dx1 * (y1 - ym) + dx2 * (y2 - ym)) / torch.where(ok, sxx, 1.0), torch.zeros_like(sxx)
-    )
+    d1, d2 = x1 - xm, x2 - xm
+    sxx = d1 * d1 + d2 * d2
+    a = (d1 * (y1 - ym) + d2 * (y2 - ym)) / (sxx + (sxx == 0))  # x1 == x2: 0 / 1
     return a, ym - a * xm
 
 
-@dataclass
-class _Points:
-    """Pixels on which inliers are tested, per row (B, P): ``x`` float32 and ``y`` float64 (NaN
-    where ``valid`` is false; ``x`` is 0 there), their float32 copies ``x32, y32`` centred on the
-    valid means ``cx`` (a float32 value) and ``cy``, bounds ``x_max, y_max`` of ``|x32|, |y32|``,
-    the sums of the valid ``x`` and ``y`` (float64) and the threshold ``thr``."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    valid: torch.Tensor
-    count: torch.Tensor
-    x32: torch.Tensor
-    y32: torch.Tensor
-    cx: torch.Tensor
-    cy: torch.Tensor
-    x_max: torch.Tensor
-    y_max: torch.Tensor
-    sum_x: torch.Tensor
-    sum_y: torch.Tensor
-    thr: torch.Tensor
+def _margin(a, b, thr, x_max, y_max):
+    """Bound on the error of the float32 residual ``|(a x + b) - y|`` (a, b, y rounded to float32,
+    three roundings): a float32 residual ``<= thr - margin`` is a float64 inlier, one ``> thr +
+    margin`` is not. About 3 units of roundoff are needed; 8 leave room for the rounded bounds."""
+    return 8 * _U32 * (y_max + abs(a) * x_max + abs(b) + thr)
 
 
-def _points(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, thr) -> _Points:
-    safe = count.clamp_min(1).to(torch.float64)
-    sum_x = sum_f64(x)  # x is 0 and y NaN outside ``valid``
-    sum_y = torch.nansum(y, 1)
-    cx = (sum_x / safe).to(torch.float32)
-    cy = sum_y / safe
-    x32 = x - cx[:, None]
-    y32 = (y - cy[:, None]).to(torch.float32)
-    if x.numel():
-        lo_x, hi_x = torch.aminmax(x32, dim=1)  # padding (x = 0) only widens the bound
-        x_max = torch.maximum(hi_x, -lo_x).to(torch.float64)
-        y_max = torch.where(valid, y32.abs(), 0.0).amax(1).to(torch.float64)
-    else:
-        x_max = y_max = torch.zeros_like(safe)
-    return _Points(x, y, valid, count, x32, y32, cx.to(torch.float64), cy, x_max, y_max, sum_x, sum_y, thr)
-
-
-def _bulk_residuals(pts: _Points, rows: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor):
-    """``|y - (a x + b)|`` in float32 for the lines ``a, b`` (K, t) (float64) of the rows ``rows``
-    (all rows when None) on their points: (K, t, P), NaN where not valid; plus ``lo, hi`` (K, t, 1):
-    a float32 residual ``<= lo`` is an inlier in float64 too, one ``> hi`` is not; in between the
-    float64 test decides (:func:`_exact_inliers`)."""
-
-    def take(v: torch.Tensor) -> torch.Tensor:
-        return v if rows is None else v[rows]
-
-    thr = take(pts.thr)[:, None]
-    b_c = b + a * take(pts.cx)[:, None] - take(pts.cy)[:, None]  # the line in centred coordinates
-    res = torch.baddbmm(
-        b_c.to(torch.float32)[:, :, None], a.to(torch.float32)[:, :, None], take(pts.x32)[:, None, :]
-    )
-    res.sub_(take(pts.y32)[:, None, :]).abs_()
-    margin = (
-        8 * _EPS32 * (take(pts.y_max)[:, None] + a.abs() * take(pts.x_max)[:, None] + b_c.abs() + thr) + 1e-30
-    )
-    lo = (thr - margin).to(torch.float32)[:, :, None]
-    hi = (thr + margin).to(torch.float32)[:, :, None]
-    return res, lo, hi
-
-
-def _exact_inliers(pts: _Points, rows, ki, ti, pi, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The float64 inlier test (as scikit-learn's) of pixels ``pi`` against lines ``(ki, ti)``."""
-    r = ki if rows is None else rows[ki]
-    r64 = pts.y[r, pi] - (a[ki, ti] * pts.x[r, pi].to(torch.float64) + b[ki, ti])
-    return r64.abs() <= pts.thr[r]
-
-
-def _count_inliers(pts: _Points, rows, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Inlier counts (K, t) of the lines ``a, b`` (K, t) on the rows ``rows`` (None: all rows):
-    a float32 pass, then the float64 test for the few pixels within a rounding bound of the
-    threshold, so the counts are the float64 ones."""
-    res, lo, hi = _bulk_residuals(pts, rows, a, b)
-    le_hi = res <= hi
-    cnt = le_hi.sum(2)
-    band = le_hi.logical_and_(res > lo)
-    del res
-    ki, ti, pi = band.nonzero(as_tuple=True)
-    if ki.numel():
-        out = (~_exact_inliers(pts, rows, ki, ti, pi, a, b)).long()
-        cnt.index_put_((ki, ti), -out, accumulate=True)
-    return cnt
-
-
-def _inlier_mask(pts: _Points, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, P) float64-exact inlier mask of one line per row (``a, b`` of shape (B,))."""
-    res, lo, hi = _bulk_residuals(pts, None, a[:, None], b[:, None])
-    inl = res <= hi
-    band = inl & (res > lo)
-    del res
-    ki, ti, pi = band.nonzero(as_tuple=True)
-    if ki.numel():
-        inl[ki, ti, pi] = _exact_inliers(pts, None, ki, ti, pi, a[:, None], b[:, None])
-    return inl[:, 0]
-
-
-def _inlier_r2(rows, a, b, xs, ys, ms, thr, max_elements) -> torch.Tensor:
-    """R^2 of the lines ``(a[k], b[k])`` on their own inliers in row ``rows[k]`` (float64), as
-    ``estimator.score(X_inlier, y_inlier)`` in scikit-learn: 1 - ss_res / ss_tot, 1 (0) when ss_tot
-    is 0 and ss_res is (not) 0. Fewer than 2 inliers: scikit-learn's score is NaN, which never
-    loses a tie; it is returned as +inf (only other such trials can tie with it)."""
-    out = []
-    step = max(1, max_elements // max(1, ys.shape[1]))
-    for s in range(0, rows.shape[0], step):
-        r_k, a_k, b_k = rows[s : s + step], a[s : s + step, None], b[s : s + step, None]
-        y = ys[r_k]
-        res = y - (a_k * xs[r_k].to(torch.float64) + b_k)
-        inl = (res.abs() <= thr[r_k][:, None]) & ms[r_k]
-        w = inl.to(torch.float64)
-        cnt = w.sum(1)
-        y_mean = (torch.where(inl, y, 0.0)).sum(1) / cnt.clamp_min(1)
-        ss_tot = (torch.where(inl, y - y_mean[:, None], 0.0) ** 2).sum(1)
-        ss_res = (torch.where(inl, res, 0.0) ** 2).sum(1)
-        r2 = 1.0 - ss_res / torch.where(ss_tot > 0, ss_tot, 1.0)
-        r2 = torch.where(ss_tot > 0, r2, (ss_res == 0).to(torch.float64))
-        out.append(torch.where(cnt < 2, torch.full_like(r2, math.inf), r2))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=ys.device)
+def _r2(y, res) -> float:
+    """``estimator.score`` on a line's inliers: R^2 from their targets ``y`` and residuals ``res``
+    (numpy or torch); NaN for fewer than 2 (scikit-learn's r2_score), 1 or 0 when ``y`` is constant."""
+    if y.shape[0] < 2:
+        return math.nan
+    ss_res, ss_tot = float((res * res).sum()), float(((y - y.mean()) ** 2).sum())
+    return 1.0 - ss_res / ss_tot if ss_tot != 0 else float(ss_res == 0)
 
 
 @dataclass
-class RansacSearch:
-    """Outcome of the trial loop per image (all shape (B,)): the winning 2-point line ``a, b``
-    (float64, NaN where no trial was accepted), its inlier count on the scored pixels, the number
-    of trials run (scikit-learn's ``n_trials_``) and the 0-based index of the winning trial (-1: none)."""
+class RansacFit:
+    """Per image (shape (B,)): the fit ``a, b`` of ``log(gt + 1) ~= a * pred + b`` (float64 tensors
+    on the input's device: the least-squares refit on the winner's inliers, the ppd fallback
+    applied) and the search (numpy): the winning 2-point line ``line_a, line_b`` (NaN: no trial
+    accepted), its inlier count on the scored pixels (0: none), the number of trials run
+    (scikit-learn's ``n_trials_``) and the winning trial's 0-based index (-1: none); ``gt_max``: the
+    largest ground truth among the fitted pixels (float64 tensor, -inf: none)."""
 
-    a: torch.Tensor
-    b: torch.Tensor
-    n_inliers: torch.Tensor
-    n_trials: torch.Tensor
-    best_trial: torch.Tensor
+    a: torch.Tensor | None
+    b: torch.Tensor | None
+    line_a: np.ndarray
+    line_b: np.ndarray
+    n_inliers: np.ndarray
+    n_trials: np.ndarray
+    best_trial: np.ndarray
+    gt_max: torch.Tensor | None = None
 
 
-def _ransac_search(
-    pts: _Points,
-    xc: torch.Tensor,
-    yc: torch.Tensor,
-    n: torch.Tensor,
-    max_trials: int,
-    generator: torch.Generator | None,
-    stop_probability: float,
-    samples: torch.Tensor | None,
-    chunk_trials: int,
-    max_chunk_elements: int,
-) -> RansacSearch:
-    """The trial loop of scikit-learn's ``RANSACRegressor.fit``, batched over images and trials.
+def _search(points, a, b, max_trials: int, probability: float) -> RansacFit:
+    """scikit-learn's ``RANSACRegressor.fit`` trial loop per image over the lines ``a, b`` (B, T) of
+    its trials: a trial replaces the best with more inliers than it, or as many (at least 1) and an
+    R^2 not lower (NaN compares false, as there); an accepted trial lowers the stopping bound to
+    ``_dynamic_max_trials`` of its inlier ratio and the image stops after trial ``k >= bound``.
+    ``points`` counts the inliers of a chunk of trials; trials past an image's stop are ignored, so
+    the result is the sequential loop's whatever the chunk sizes. R^2 is computed only on ties."""
+    bsz, limit = len(points.n), min(max_trials, a.shape[1])
+    best = np.full(bsz, -1)
+    n_best = np.ones(bsz, dtype=np.int64)  # scikit-learn starts at 1: a trial needs >= 1 inlier
+    n_trials = np.zeros(bsz, dtype=np.int64)
+    bound = [float(limit)] * bsz
+    score = [None] * bsz  # R^2 of the best trial, once a tie needed it
+    live, done = [i for i in range(bsz) if points.n[i] >= 2], 0
+    while live and done < limit:
+        t = points.chunk(len(live), done, max(bound[i] for i in live) - done)
+        counts = points.count(live, a[live, done : done + t], b[live, done : done + t])
+        still = []
+        for row, i in enumerate(live):
+            for k in range(done, done + t):
+                n_trials[i], c = k + 1, int(counts[row, k - done])
+                if c == n_best[i] and best[i] >= 0:
+                    if score[i] is None:
+                        score[i] = points.r2(i, float(a[i, best[i]]), float(b[i, best[i]]))
+                    new = points.r2(i, float(a[i, k]), float(b[i, k]))
+                    accept = not new < score[i]
+                else:
+                    new, accept = None, c >= n_best[i]
+                if accept:
+                    best[i], n_best[i], score[i] = k, c, new
+                    bound[i] = min(bound[i], _stop_bound(c, points.n[i], probability))
+                if k + 1 >= bound[i]:
+                    break
+            else:
+                still.append(i)
+        live, done = still, done + t
+    rows = np.flatnonzero(best >= 0)
+    line_a, line_b = np.full(bsz, math.nan), np.full(bsz, math.nan)
+    a, b = (v.cpu().numpy() if torch.is_tensor(v) else v for v in (a, b))
+    line_a[rows], line_b[rows] = a[rows, best[rows]], b[rows, best[rows]]
+    return RansacFit(None, None, line_a, line_b, np.where(best >= 0, n_best, 0), n_trials, best)
 
-    Samples are drawn from the packed valid pixels ``xc, yc`` (float32 / float64, ``n`` per row);
-    inliers are counted on ``pts``. A chunk of trials is evaluated at once, then scanned in trial
-    order with scikit-learn's rules: a trial replaces the best when it has more inliers, or as
-    many and an R^2 (on its inliers) at least as high; after each accepted trial the bound becomes
-    ``_dynamic_max_trials`` of the best's inlier ratio, and an image stops at the first trial
-    ``k >= min(max_trials, bound)``. Trials after the stop are discarded, so the result is the
-    sequential procedure's on the same sample sequence. Chunks are sized so that few trials past
-    the stop are evaluated: at most the trials run so far (1, 1, 2, 4, ...: a clean image stops
-    after one), at most up to the largest current bound of the images still searching, and only
-    those images are evaluated.
-    """
-    bsz, device = xc.shape[0], xc.device
-    f64 = torch.float64
-    n_score = pts.count
-    best_cnt = torch.ones(bsz, dtype=torch.long, device=device)  # scikit-learn starts at 1
-    best_score = torch.full((bsz,), -math.inf, dtype=f64, device=device)
-    best_known = torch.ones(bsz, dtype=torch.bool, device=device)  # is best_score computed?
-    best_a = torch.full((bsz,), math.nan, dtype=f64, device=device)
-    best_b = torch.full((bsz,), math.nan, dtype=f64, device=device)
-    best_trial = torch.full((bsz,), -1, dtype=torch.long, device=device)
-    n_trials = torch.zeros(bsz, dtype=torch.long, device=device)
-    done = n < 2
-    limit = max_trials if samples is None else min(max_trials, samples.shape[1])
-    trials_done = 0
-    npts = pts.x.shape[1]
-    while trials_done < limit and not bool(done.all()):
-        live = ~done
-        rows = None if bool(live.all()) else live.nonzero().squeeze(1)
-        n_live = bsz if rows is None else int(rows.shape[0])
-        # the stop of each searching image is at most its current bound (the bound only drops)
-        cur = _dynamic_max_trials(best_cnt, n_score, stop_probability)
-        cur = torch.where(best_trial >= 0, cur, math.inf).clamp_max(limit)
-        horizon = int(torch.where(live, cur, 0.0).amax().item()) - trials_done
-        cap = max(1, min(chunk_trials, max_chunk_elements // max(1, n_live * npts)))
-        t = max(1, min(horizon, cap, max(1, trials_done), limit - trials_done))
-        if samples is None:  # two distinct valid pixels per trial
-            i1 = _randint_below(n, (t,), generator, device)
-            i2 = _randint_below((n - 1).clamp_min(1), (t,), generator, device)
-            i2 = i2 + (i2 >= i1).long()
-        else:
-            i1 = samples[:, trials_done : trials_done + t, 0]
-            i2 = samples[:, trials_done : trials_done + t, 1]
-        x1, x2 = xc.gather(1, i1).to(f64), xc.gather(1, i2).to(f64)
-        a, b = _two_point_lines(x1, x2, yc.gather(1, i1), yc.gather(1, i2))
-        if rows is None:
-            cnt = _count_inliers(pts, None, a, b)
-        else:
-            cnt = torch.zeros((bsz, t), dtype=torch.long, device=device)
-            cnt[rows] = _count_inliers(pts, rows, a[rows], b[rows])
 
-        # sequential scan; item 0 is the best so far, items 1..t this chunk's trials in order.
-        # The best's count after each trial is the running maximum of the counts (a trial is
-        # accepted with more inliers, or as many and an R^2 at least as high), so the stopping
-        # bound, hence where each image stops, needs no score
-        cnt_all = torch.cat([best_cnt[:, None], cnt], 1)
-        level_all = cnt_all.cummax(1).values
-        order = torch.arange(t + 1, device=device)
-        accepted = ((cnt >= 1).cummax(1).values) | (best_trial >= 0)[:, None]
-        bound = _dynamic_max_trials(level_all[:, 1:], n_score[:, None], stop_probability)
-        bound = torch.where(accepted, bound, torch.full_like(bound, math.inf)).clamp_max(max_trials)
-        k = trials_done + 1 + order[:t].to(f64)
-        stop = k[None, :] >= bound
-        stops = stop.any(1)
-        end = torch.where(stops, stop.to(torch.int8).argmax(1), t - 1)
-        # the best at the stop: among the items up to it with the final count, the highest R^2,
-        # the latest on an exact tie; R^2 is computed only where two or more such items compete
-        level = level_all.gather(1, (end + 1)[:, None])
-        eligible = (cnt_all == level) & (order[None, :] <= (end + 1)[:, None]) & live[:, None]
-        score_all = torch.full((bsz, t + 1), -math.inf, dtype=f64, device=device)
-        score_all[:, 0] = best_score
-        known_all = torch.zeros((bsz, t + 1), dtype=torch.bool, device=device)
-        known_all[:, 0] = best_known
-        need = eligible & (eligible.sum(1, keepdim=True) > 1) & ~known_all
-        if bool(need.any()):
-            r_need, items = need.nonzero(as_tuple=True)
-            a_all = torch.cat([best_a[:, None], a], 1)
-            b_all = torch.cat([best_b[:, None], b], 1)
-            score_all[r_need, items] = _inlier_r2(
-                r_need,
-                a_all[r_need, items],
-                b_all[r_need, items],
-                pts.x,
-                pts.y,
-                pts.valid,
-                pts.thr,
-                max_chunk_elements,
-            )
-            known_all[r_need, items] = True
-        rank = torch.where(eligible, score_all, -math.inf).argsort(dim=1, stable=True).argsort(dim=1)
-        pick = torch.where(eligible, rank, -1).argmax(1)
-        upd = live & (pick > 0)
-        j = (pick - 1).clamp_min(0)[:, None]
-        best_cnt = torch.where(upd, cnt.gather(1, j).squeeze(1), best_cnt)
-        best_a = torch.where(upd, a.gather(1, j).squeeze(1), best_a)
-        best_b = torch.where(upd, b.gather(1, j).squeeze(1), best_b)
-        best_score = torch.where(upd, score_all.gather(1, pick[:, None]).squeeze(1), best_score)
-        best_known = torch.where(upd, known_all.gather(1, pick[:, None]).squeeze(1), best_known)
-        best_trial = torch.where(upd, trials_done + j.squeeze(1), best_trial)
-        n_trials = torch.where(done, n_trials, trials_done + 1 + end)
-        done = done | stops
-        trials_done += t
-    return RansacSearch(best_a, best_b, best_cnt.where(best_trial >= 0, 0), n_trials, best_trial)
+def _uniform_below(n: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``floor(u * n)`` clamped to ``[0, n - 1]`` for uniform ``u`` in [0, 1) (``n`` broadcasts)."""
+    return torch.minimum(torch.floor(u * n).long(), (n - 1).clamp_min(0))
+
+
+def _draw(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else "cpu"
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64).cpu()
+
+
+def _draw_pairs(n: torch.Tensor, trials: int, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, trials, 2) pairs of distinct indices below ``n[b]``, uniform. Drawn trial-major, so the
+    first k trials of every image do not depend on ``trials`` nor on the backend."""
+    u = _draw((trials, n.shape[0], 2), generator)
+    i1, i2 = _uniform_below(n, u[..., 0]), _uniform_below(n - 1, u[..., 1])
+    return torch.stack([i1, i2 + (i2 >= i1).long()], -1).transpose(0, 1)
+
+
+def _checked_samples(samples: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    if samples.dim() != 3 or samples.shape[0] != n.shape[0] or samples.shape[2] != 2:
+        raise ValueError(f"samples must have shape ({n.shape[0]}, T, 2), got {tuple(samples.shape)}")
+    s = samples.to("cpu", torch.long)
+    live = (n >= 2)[:, None, None]
+    bad = live & ((s < 0) | (s >= n[:, None, None]) | (s[..., :1] == s[..., 1:]))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"samples of image {i} must be two distinct indices in [0, {int(n[i])}) "
+            "(its number of valid pixels)"
+        )
+    return torch.where(live, s, 0)  # images that are not searched: any index
+
+
+class _HostPoints:
+    """CPU backend: each image's valid pixels as numpy arrays, the prediction ``x`` (float32), the
+    target ``y = log(gt + 1)`` (float64) and its float32 copy, the MAD threshold ``thr`` (of these
+    points unless given) and the largest ground truth ``gt_max``. Large temporaries are reused:
+    fresh ones cost page faults comparable to the work."""
+
+    def __init__(self, x: list[np.ndarray], y: list[np.ndarray], thr: list[float] | None = None, gt_max=None):
+        self.x, self.y, self.thr, self.gt_max = x, y, thr, gt_max
+        self.n = [v.size for v in x]
+        self.y32 = [v.astype(np.float32) for v in y]
+        self.x_max, self.y_max = (
+            [max(v.max(initial=0), -v.min(initial=0)) for v in z] for z in (x, self.y32)
+        )
+        n_max = max(self.n, default=0)
+        self._f64 = np.empty(n_max)  # scratch: the MAD, the refit
+        if thr is None:
+            self.thr = [_mad(v, self._f64) for v in y]
+        self._res, (self._inl, self._near) = np.empty(n_max, np.float32), np.empty((2, n_max), bool)
+
+    @classmethod
+    def build(cls, x: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> _HostPoints:
+        xs, ys, tops = [], [], []
+        for xi, gi, mi in zip(x.numpy(), g.numpy(), m.numpy()):
+            xi, gi = np.compress(mi, xi), np.compress(mi, gi)
+            ends = [v.min(initial=0) for v in (xi, gi)] + [v.max(initial=0) for v in (xi, gi)]
+            if not np.isfinite(ends).all():  # (a NaN propagates through min and max)
+                keep = np.isfinite(xi) & np.isfinite(gi)
+                xi, gi = xi[keep], gi[keep]
+            y = np.add(gi, 1.0, dtype=np.float64)  # scikit-learn gets np.log(gt + 1.0)
+            ys.append(np.log(np.maximum(y, 1.0, out=y), out=y))  # (negative depths count as 0)
+            xs.append(xi)
+            tops.append(float(gi.max(initial=-math.inf)))
+        return cls(xs, ys, gt_max=torch.tensor(tops, dtype=torch.float64))
+
+    def lines(self, pairs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        a, b = np.full((2, *pairs.shape[:2]), math.nan)
+        for i, (p, x, y) in enumerate(zip(pairs.numpy(), self.x, self.y)):
+            if x.size >= 2:
+                x1, x2 = x[p[:, 0]].astype(np.float64), x[p[:, 1]].astype(np.float64)
+                a[i], b[i] = _two_point_lines(x1, y[p[:, 0]], x2, y[p[:, 1]])
+        return a, b
+
+    def subset(self, picks: torch.Tensor) -> _HostPoints:
+        """The points ``picks[i]`` of the images with more valid pixels than picks, all of the others."""
+        sel = [p if n > p.size else slice(None) for p, n in zip(picks.numpy(), self.n)]
+        return _HostPoints([x[s] for x, s in zip(self.x, sel)], [y[s] for y, s in zip(self.y, sel)], self.thr)
+
+    def _inliers(self, i: int, a: float, b: float) -> np.ndarray:
+        """scikit-learn's float64 inliers ``|y - (a x + b)| <= thr`` of image ``i`` (a reused buffer):
+        float32 residuals, the float64 test for the pixels near the threshold."""
+        x, y, thr, inl = self.x[i], self.y[i], self.thr[i], self._inl[: self.n[i]]
+        if not abs(a) + abs(b) < 1e30:  # beyond float32: the float64 test everywhere
+            return np.less_equal(np.abs(y - (x.astype(np.float64) * a + b)), thr, out=inl)
+        res = np.multiply(x, np.float32(a), out=self._res[: self.n[i]])
+        np.abs(np.subtract(np.add(res, np.float32(b), out=res), self.y32[i], out=res), out=res)
+        margin = _margin(a, b, thr, self.x_max[i], self.y_max[i])
+        np.less_equal(res, np.float32(thr + margin), out=inl)
+        near = np.greater(res, np.float32(thr - margin), out=self._near[: self.n[i]])
+        near = np.flatnonzero(np.logical_and(near, inl, out=near))
+        inl[near] = np.abs(y[near] - (x[near].astype(np.float64) * a + b)) <= thr
+        return inl
+
+    def chunk(self, n_live: int, done: int, horizon: float) -> int:
+        return 1  # a trial is as cheap one at a time: none past the stop
+
+    def count(self, rows: list[int], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.array(
+            [[np.count_nonzero(self._inliers(i, *ab)) for ab in zip(ar, br)] for i, ar, br in zip(rows, a, b)]
+        )
+
+    def r2(self, i: int, a: float, b: float) -> float:
+        inl = self._inliers(i, a, b)
+        y = self.y[i][inl]
+        return _r2(y, y - (self.x[i][inl].astype(np.float64) * a + b))
+
+    def refit(self, fit: RansacFit) -> tuple[torch.Tensor, torch.Tensor]:
+        ab = np.empty((2, len(self.n)))
+        for i, (x, y) in enumerate(zip(self.x, self.y)):
+            a, b = 1.0, 0.0  # no consensus set (scikit-learn raises): the reference's `except` branch
+            if fit.best_trial[i] >= 0:
+                # float64 sums over the inliers, no copies: dx = x - mean, 0 off the inliers
+                inl = self._inliers(i, fit.line_a[i], fit.line_b[i])
+                k = np.count_nonzero(inl)
+                mx = np.add.reduce(x, where=inl, dtype=np.float64) / k
+                my = np.add.reduce(y, where=inl) / k
+                dx = np.subtract(x, mx, out=self._f64[: x.size], dtype=np.float64)
+                np.multiply(dx, inl, out=dx)
+                sxx = float(dx @ dx)
+                # x constant on the inliers: the minimum-norm solution a = 0, as LinearRegression
+                a = 0.0 if sxx <= 1e-12 * k * (mx * mx + 1.0) else float(dx @ y - my * dx.sum()) / sxx
+                b = float(my - a * mx)
+            if a <= 0:  # the ppd fallback: ratio of the means in log space
+                sum_x = float(x.sum(dtype=np.float64))
+                a, b = (float(y.sum()) / sum_x if sum_x != 0 else 1.0), 0.0
+            ab[:, i] = a, b
+        return torch.from_numpy(ab[0]), torch.from_numpy(ab[1])
+
+
+class _BatchPoints:
+    """Torch backend (GPUs): every image's valid pixels packed into rows of a (B, N) tensor, column
+    j < n[b] holding image b's j-th valid pixel; padding has ``x = 0``, ``y = NaN`` (never an inlier,
+    skipped by the medians and sums). Trials are counted in chunks, all images at once."""
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, thr: torch.Tensor, gt_max: torch.Tensor | None = None
+    ):
+        self.x, self.y, self.thr, self.gt_max = x, y, thr, gt_max
+        self.n = (~torch.isnan(y)).sum(1).tolist()
+        self.y32 = y.float()
+        self.x_max = x.abs().amax(1).double() if x.numel() else torch.zeros_like(thr)
+        self.y_max = y.nan_to_num(0.0).abs().amax(1) if y.numel() else torch.zeros_like(thr)
+
+    @classmethod
+    def build(cls, x: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> _BatchPoints:
+        m = m & torch.isfinite(x) & torch.isfinite(g)
+        n = m.sum(1)
+        n_max = int(n.max()) if n.numel() else 0
+        # pack each row's valid entries to the front in one scatter: position = running count
+        pos = torch.where(m, m.cumsum(1) - 1, n_max)
+        xc = torch.zeros((x.shape[0], n_max + 1), dtype=x.dtype, device=x.device).scatter_(1, pos, x)
+        gc = torch.full_like(xc, math.nan, dtype=g.dtype).scatter_(1, pos, g)
+        y = torch.log(gc[:, :n_max].double().clamp_min(0.0) + 1.0)  # NaN stays NaN
+        med = _nan_median(y, n)
+        thr = torch.nan_to_num(_nan_median((y - med[:, None]).abs(), n), nan=0.0)
+        top = (
+            gc[:, :n_max].double().nan_to_num(nan=-math.inf).amax(1)
+            if n_max
+            else torch.full_like(thr, -math.inf)
+        )
+        return cls(xc[:, :n_max], y, thr, top)
+
+    def lines(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = pairs.to(self.x.device).clamp(0, max(self.x.shape[1] - 1, 0))
+        if self.x.shape[1] < 2:
+            return (torch.full(p.shape[:2], math.nan, dtype=torch.float64, device=p.device),) * 2
+        x1, x2 = (self.x.gather(1, p[..., j]).double() for j in (0, 1))
+        return _two_point_lines(x1, self.y.gather(1, p[..., 0]), x2, self.y.gather(1, p[..., 1]))
+
+    def subset(self, picks: torch.Tensor) -> _BatchPoints:
+        budget = picks.shape[1]
+        if self.x.shape[1] <= budget:
+            return self
+        n = torch.tensor(self.n, device=self.x.device)[:, None]
+        cols = torch.where(n > budget, picks.to(self.x.device), torch.arange(budget, device=self.x.device))
+        return _BatchPoints(self.x.gather(1, cols), self.y.gather(1, cols), self.thr)
+
+    def chunk(self, n_live: int, done: int, horizon: float) -> int:
+        # at most the trials run so far (1, 1, 2, 4, ...: a clean image stops after one), up to the
+        # largest current bound, and (n_live, t, N) float32 temporaries of at most 2^24 elements
+        cap = max(1, min(64, (1 << 24) // max(1, n_live * self.x.shape[1])))
+        return int(max(1, min(horizon, cap, max(1, done))))
+
+    def count(self, rows: list[int], a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        x, y, y32, thr, x_max, y_max = (self.x, self.y, self.y32, self.thr, self.x_max, self.y_max)
+        if len(rows) < self.x.shape[0]:
+            x, y, y32, thr, x_max, y_max = (v[rows] for v in (x, y, y32, thr, x_max, y_max))
+        if not bool((a.abs() + b.abs() < 1e30).all()):  # beyond float32: the float64 test everywhere
+            res = (y[:, None, :] - (a[..., None] * x[:, None, :].double() + b[..., None])).abs()
+            return (res <= thr[:, None, None]).sum(2).cpu().numpy()
+        # |(b + a x) - y| in float32 (element-wise, never a matmul: TF32 would break the bound)
+        res = torch.addcmul(b.float()[..., None], a.float()[..., None], x[:, None, :])
+        res.sub_(y32[:, None, :]).abs_()
+        margin = _margin(a, b, thr[:, None], x_max[:, None], y_max[:, None])
+        lo, hi = ((thr[:, None] + s * margin).float()[..., None] for s in (-1, 1))
+        le_hi = res <= hi
+        cnt = le_hi.sum(2)
+        r, k, j = (le_hi & (res > lo)).nonzero(as_tuple=True)
+        if r.numel():
+            exact = (y[r, j] - (a[r, k] * x[r, j].double() + b[r, k])).abs() <= thr[r]
+            cnt.index_put_((r, k), exact.long() - 1, accumulate=True)
+        return cnt.cpu().numpy()
+
+    def r2(self, i: int, a: float, b: float) -> float:
+        res = self.y[i] - (a * self.x[i].double() + b)
+        inl = res.abs() <= self.thr[i]
+        return _r2(self.y[i][inl], res[inl])
+
+    def refit(self, fit: RansacFit) -> tuple[torch.Tensor, torch.Tensor]:
+        dev, x = self.x.device, self.x.double()
+        found = torch.as_tensor(fit.best_trial >= 0, device=dev)
+        a, b = (torch.as_tensor(np.nan_to_num(v), device=dev)[:, None] for v in (fit.line_a, fit.line_b))
+        inl = ((self.y - (a * x + b)).abs() <= self.thr[:, None]) & found[:, None]
+        a_fit, b_fit = _weighted_lstsq(x, self.y, inl)
+        a_fit, b_fit = torch.where(found, a_fit, 1.0), torch.where(found, b_fit, 0.0)
+        sum_x, sum_y = x.sum(1), torch.nansum(self.y, 1)
+        ratio = torch.where(sum_x != 0, sum_y / torch.where(sum_x != 0, sum_x, 1.0), 1.0)
+        pos = a_fit > 0
+        return torch.where(pos, a_fit, ratio), torch.where(pos, b_fit, 0.0)
 
 
 def fit_log_ransac(
     pred: torch.Tensor,
     gt: torch.Tensor,
     mask: torch.Tensor,
+    *,
     max_trials: int = 1000,
-    generator: torch.Generator | None = None,
     stop_probability: float = 0.99,
+    generator: torch.Generator | None = None,
     max_score_points: int | None = None,
-    chunk_trials: int = 64,
-    max_chunk_elements: int = 1 << 24,
     samples: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """RANSAC fit of ``log(gt + 1) ~= a * pred + b`` per image; returns ``(a, b)`` as float64 (B,).
+) -> RansacFit:
+    """RANSAC fit of ``log(gt + 1) ~= a * pred + b`` per image (see :class:`RansacFit`).
 
     The result is scikit-learn's ``RANSACRegressor(max_trials=max_trials,
-    stop_probability=stop_probability).fit(pred[mask][:, None], log(gt[mask] + 1))`` (then the
-    ppd fallback) for the same sequence of 2-point samples; see :func:`_ransac_search` for how
-    the batched trials keep the sequential semantics. The targets, threshold (MAD), trial lines,
-    inlier tests, scores and refit are float64; bulk inlier counting is float32 with a float64
-    re-test near the threshold.
+    stop_probability=stop_probability).fit(pred[mask][:, None], np.log(gt[mask] + 1.0))`` (then the
+    ppd fallback) for the same sequence of 2-point samples. Pixels count where ``mask`` is true and
+    both maps are finite (a negative depth counts as 0). The targets, threshold, lines, inlier
+    tests, scores and refit are float64.
 
     ``samples``: optional (B, T, 2) long tensor; trial ``k`` of image ``b`` uses its valid pixels
     number ``samples[b, k, 0]`` and ``samples[b, k, 1]`` (row-major order of the valid pixels,
-    i.e. the order of ``pred[b][mask[b]]``, distinct) instead of random draws; at most ``T``
-    trials run. ``max_score_points``: count inliers on at most this many random valid pixels per
-    image (faster on very large maps, but no longer scikit-learn's answer: counts on a subset
-    change which trial wins and when the search stops); ``None`` (default): all valid pixels.
-    The final inlier set and the least-squares refit always use all valid pixels. With ``a <= 0``
-    (or no usable fit) the fallback of the ppd evaluation applies (see :func:`align_log_ransac`).
+    i.e. the order of ``pred[b][mask[b]]``, distinct) instead of random draws from ``generator``;
+    at most ``T`` trials run. ``max_score_points``: count inliers on at most this many random valid
+    pixels per image (faster on very large maps, but no longer scikit-learn's answer: counts on a
+    subset change which trial wins and when the search stops); ``None`` (default): all valid
+    pixels. The final inlier set and the least-squares refit always use all valid pixels. With
+    ``a <= 0`` (or no usable fit) the fallback of the ppd evaluation applies.
     """
-    return _fit_log_ransac(
-        pred,
-        gt,
-        mask,
-        max_trials,
-        generator,
-        stop_probability,
-        max_score_points,
-        chunk_trials,
-        max_chunk_elements,
-        samples,
-    )[:2]
-
-
-def _fit_log_ransac(
-    pred,
-    gt,
-    mask,
-    max_trials,
-    generator,
-    stop_probability,
-    max_score_points,
-    chunk_trials,
-    max_chunk_elements,
-    samples,
-) -> tuple[torch.Tensor, torch.Tensor, RansacSearch]:
     _check(pred, gt, mask)
-    f64 = torch.float64
-    x = _flatten(pred).to(torch.float32)
-    g = _flatten(gt)
-    if g.dtype not in (torch.float32, f64):
-        g = g.to(f64)
-    # log(gt + 1) is finite exactly where gt < inf (negative depths are clamped to 0)
-    m = _flatten(mask) & torch.isfinite(x) & (g < math.inf)
-    bsz = x.shape[0]
-    device = x.device
-    n = m.sum(1)
-    # valid pixels packed per row: (B, n_max); column j < n_b holds row b's j-th valid pixel.
-    # Padding: x = 0, y = NaN (never an inlier, skipped by the medians and sums)
-    xc, gc = _compact_valid(m, x, g, fills=(0.0, math.nan))
-    yc = torch.log1p(gc.clamp_min(0.0).to(f64))
-    n_max = xc.shape[1]
-    valid_c = torch.arange(n_max, device=device)[None, :] < n[:, None]
-    if samples is not None:
-        if samples.dim() != 3 or samples.shape[0] != bsz or samples.shape[2] != 2:
-            raise ValueError(f"samples must have shape ({bsz}, T, 2), got {tuple(samples.shape)}")
-        samples = samples.to(device=device, dtype=torch.long)
-        live = (n >= 2)[:, None, None]
-        bad = live & ((samples < 0) | (samples >= n[:, None, None]))
-        bad = bad | (live & (samples[..., :1] == samples[..., 1:]))
-        if bool(bad.any()):
-            b_bad = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"samples of image {b_bad} must be two distinct indices in [0, {int(n[b_bad])}) "
-                "(its number of valid pixels)"
-            )
-        samples = torch.where(live, samples, torch.tensor([0, 1], device=device).clamp_max(max(n_max - 1, 0)))
-
-    # residual threshold: MAD of the targets (scikit-learn's default)
-    med = _nan_median(yc, n)
-    thr = torch.nan_to_num(_nan_median((yc - med[:, None]).abs(), n), nan=0.0)
-    every = _points(xc, yc, valid_c, n, thr)
-
-    # the points on which inliers are counted: all valid pixels unless a budget is given
-    if max_score_points is None or n_max <= max_score_points:
-        scored = every
-    else:
-        budget = max_score_points
-        s_idx = _randint_below(n, (budget,), generator, device)
-        few = (n <= budget)[:, None]
-        ms = torch.where(few, valid_c[:, :budget], (n > 0)[:, None].expand(bsz, budget))
-        xs = torch.where(few, xc[:, :budget], xc.gather(1, s_idx)).masked_fill(~ms, 0.0)
-        ys = torch.where(few, yc[:, :budget], yc.gather(1, s_idx)).masked_fill(~ms, math.nan)
-        scored = _points(xs, ys, ms, ms.sum(1), thr)
-    search = _ransac_search(
-        scored, xc, yc, n, max_trials, generator, stop_probability, samples, chunk_trials, max_chunk_elements
-    )
-
-    # final inliers of the winner on all valid pixels, then the least-squares refit: float64 sums
-    # of the inliers' x and y (centred on the valid means) and their products, in one matmul
-    found = search.best_trial >= 0
-    inl = _inlier_mask(every, search.a.nan_to_num(0.0), search.b.nan_to_num(0.0)) & found[:, None]
-    feats = torch.empty((bsz, 2, n_max), dtype=f64, device=device)
-    torch.sub(xc, every.cx[:, None], out=feats[:, 0])  # exact: float32 values in float64
-    torch.sub(yc, every.cy[:, None], out=feats[:, 1])
-    feats.masked_fill_(~inl[:, None, :], 0.0)
-    gram = torch.bmm(feats, feats.transpose(1, 2))
-    sums = feats.sum(2)
-    k = inl.sum(1).to(f64)
-    safe_k = k.clamp_min(1.0)
-    mu, mv = sums[:, 0] / safe_k, sums[:, 1] / safe_k  # the inliers' centred means
-    sxx = gram[:, 0, 0] - sums[:, 0] * mu
-    sxy = gram[:, 0, 1] - sums[:, 0] * mv
-    mx, my = every.cx + mu, every.cy + mv
-    # x constant on the inliers: the minimum-norm solution a = 0, b = mean(y), as LinearRegression
-    degenerate = sxx <= 1e-12 * safe_k * (mx * mx + 1.0)
-    a_fit = torch.where(degenerate, 0.0, sxy / torch.where(degenerate, 1.0, sxx))
-    b_fit = my - a_fit * mx
-    # no usable fit (scikit-learn raises): the reference's `except` branch, a = 1, b = 0
-    usable = k >= 1
-    a_fit = torch.where(usable, a_fit, 1.0)
-    b_fit = torch.where(usable, b_fit, 0.0)
-    # fallback for a non-positive slope: ratio of means in log space
-    mean_x, mean_y = every.sum_x, every.sum_y  # the ratio of the means is the ratio of the sums
-    ratio = torch.where(mean_x != 0, mean_y / torch.where(mean_x != 0, mean_x, 1.0), 1.0)
-    pos = a_fit > 0
-    a_out = torch.where(pos, a_fit, ratio)
-    b_out = torch.where(pos, b_fit, 0.0)
-    return a_out, b_out, search
+    g = _flatten(gt).detach()
+    g = g if g.dtype in (torch.float32, torch.float64) else g.double()
+    backend = _HostPoints if pred.device.type == "cpu" else _BatchPoints
+    every = backend.build(_flatten(pred).detach().float(), g, _flatten(mask))
+    n = torch.tensor(every.n, dtype=torch.long)
+    pairs = _draw_pairs(n, max_trials, generator) if samples is None else _checked_samples(samples, n)
+    scored = every
+    if max_score_points is not None:
+        scored = every.subset(_uniform_below(n[:, None], _draw((len(n), max_score_points), generator)))
+    fit = _search(scored, *every.lines(pairs), max_trials, stop_probability)
+    fit.a, fit.b = (v.to(pred.device) for v in every.refit(fit))
+    fit.gt_max = every.gt_max.to(pred.device)
+    return fit
 
 
 def align_log_ransac(
     pred: torch.Tensor,
     gt: torch.Tensor,
     mask: torch.Tensor,
-    max_trials: int = 1000,
+    *,
     generator: torch.Generator | None = None,
-    stop_probability: float = 0.99,
-    max_score_points: int | None = None,
     min_depth: float = 1e-3,
+    **options,
 ) -> torch.Tensor:
     """Align ``pred`` (affine-invariant in ``log(d + 1)`` space) to metric depth (ppd protocol).
 
-    Fits ``log(gt + 1) ~= a * pred + b`` with :func:`fit_log_ransac`, returns
-    ``exp(a * pred + b) - 1`` clipped to ``[min_depth, max valid gt]`` per image (images with no
-    valid pixel: clipped below at ``min_depth`` only).
+    Fits ``log(gt + 1) ~= a * pred + b`` with :func:`fit_log_ransac` (``options``: its
+    ``max_trials``, ``stop_probability``, ``max_score_points``, ``samples``) and returns the
+    release's ``exp(a * pred + b) - 1`` clipped to ``[min_depth, max gt]`` per image, the maximum
+    over the fitted pixels (none: clipped below only). Computed in the prediction's precision, at
+    least float32; returned in its dtype (float32 for integers).
+    One (H, W) map: ``align_log_ransac(pred[None], gt[None], mask[None])[0]``.
     """
-    a, b = fit_log_ransac(
-        pred,
-        gt,
-        mask,
-        max_trials=max_trials,
-        generator=generator,
-        stop_probability=stop_probability,
-        max_score_points=max_score_points,
-    )
-    view = (-1,) + (1,) * (pred.dim() - 1)
-    # float32 at least: expm1 in half precision would lose the depth's low bits
-    p = pred if pred.dtype in (torch.float32, torch.float64) else pred.float()
-    out = torch.expm1(p * a.view(view).to(p.dtype) + b.view(view).to(p.dtype))
-    g = _flatten(gt)
-    mf = _flatten(mask) & torch.isfinite(g)
-    gmax = torch.where(mf, g, torch.full_like(g, -math.inf)).amax(1).to(torch.float64)
-    gmax = torch.where(torch.isfinite(gmax), gmax, torch.full_like(gmax, math.inf))
-    gmax = torch.maximum(gmax, torch.full_like(gmax, min_depth))
-    lo = torch.full_like(gmax, min_depth).view(view).to(out.dtype)
-    out = torch.clamp(out, min=lo, max=gmax.view(view).to(out.dtype))
-    return out.to(pred.dtype if pred.is_floating_point() else torch.float32)
+    return _metric_depth(pred, fit_log_ransac(pred, gt, mask, generator=generator, **options), min_depth)
+
+
+def _metric_depth(pred: torch.Tensor, fit: RansacFit, min_depth: float) -> torch.Tensor:
+    """``exp(a * pred + b) - 1`` clipped to ``[min_depth, fit.gt_max]``, per image."""
+    p = _flatten(pred).detach()
+    p = p if p.dtype in (torch.float32, torch.float64) else p.float()
+    top = torch.where(fit.gt_max > -math.inf, fit.gt_max, math.inf).clamp_min(min_depth).to(p.dtype)
+    out = torch.addcmul(fit.b.to(p.dtype)[:, None], p, fit.a.to(p.dtype)[:, None]).exp_().sub_(1.0)
+    torch.minimum(out.clamp_(min=min_depth), top[:, None], out=out)
+    return out.reshape(pred.shape).to(pred.dtype if pred.is_floating_point() else torch.float32)
