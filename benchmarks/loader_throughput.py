@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ppd_lightning.data.codec import decode_sample, encode_sample
 from ppd_lightning.data.datamodule import DepthShardDataModule
+from ppd_lightning.data.raw.synthetic import render_scene
 from ppd_lightning.data.shards import write_shard_atomic
-from ppd_lightning.data.sources.synthetic import render_scene
 
 
 def _size(text: str) -> tuple[int, int]:

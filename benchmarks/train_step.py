@@ -19,9 +19,9 @@ import torch
 from timing import matmul_peak, measure, sync
 
 from ppd_lightning.flops import count_flops
-from ppd_lightning.flow import FlowMatching
-from ppd_lightning.losses import masked_mse
+from ppd_lightning.flow import LogitNormalTimesteps
 from ppd_lightning.models import CascadeSPDiT, SemanticEncoder
+from ppd_lightning.objective import training_loss
 
 H100_BF16_DENSE = 989e12  # FLOP/s, spec sheet (SXM)
 
@@ -45,11 +45,13 @@ SIZES = {
 
 
 def make_step(dit, encoder, B, H, W, device, autocast_dtype):
-    fm = FlowMatching()
+    """The real training step: ``objective.training_loss`` (the release's target, velocity and gradient
+    losses, the frozen encoder under no_grad) + backward + AdamW, as PPDLightningModule runs it."""
     opt = torch.optim.AdamW(dit.parameters(), lr=1e-4, weight_decay=0.0)
+    timesteps = LogitNormalTimesteps()
     image = torch.rand(B, 3, H, W, device=device)
-    x0 = torch.rand(B, 1, H, W, device=device) - 0.5
-    mask = torch.ones(B, 1, H, W, dtype=torch.bool, device=device)
+    depth = torch.rand(B, 1, H, W, device=device) * 20 + 0.5
+    batch = {"image": image, "depth": depth, "mask": torch.ones(B, 1, H, W, dtype=torch.bool, device=device)}
     enabled = autocast_dtype is not None
 
     def encode():
@@ -57,12 +59,11 @@ def make_step(dit, encoder, B, H, W, device, autocast_dtype):
             return encoder(image)
 
     def step(with_optimizer=True):
-        sem = encode()
-        p = fm.prepare(x0)
+        noise = torch.randn(B, 1, H, W, device=device)
+        t = timesteps(B, device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=enabled):
-            v = dit(p["x_t"], image, sem, p["t"])
-        loss = masked_mse(v.float(), p["velocity"], mask)
-        loss.backward()
+            out = training_loss(dit, encoder, batch, noise=noise, t=t, check_t_range=False)
+        out["loss"].backward()
         if with_optimizer:
             opt.step()
             opt.zero_grad(set_to_none=True)

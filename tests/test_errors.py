@@ -58,7 +58,7 @@ def _entry_points():
     from ppd_lightning.official import load_dit, load_pixel_perfect_depth, load_semantic_encoder
     from ppd_lightning.training.checkpoint import RESUMABLE_KEYS, AtomicCheckpointIO
     from ppd_lightning.training.run import init_dit_weights
-    from ppd_lightning.weights import export_dit, load_model_from_checkpoint
+    from ppd_lightning.weights.checkpoints import export_dit, load_model_from_checkpoint
 
     class Holder(torch.nn.Module):
         def __init__(self):
@@ -129,35 +129,46 @@ def test_traceback_on_request_and_bugs_keep_theirs(monkeypatch):
 
 
 def test_which_errors_are_user_errors():
+    from ppd_lightning.data.codec import SampleError
     from ppd_lightning.data.stream import NoReadableSamplesError
     from ppd_lightning.evaluation.datasets import BenchmarkLayoutError
 
     assert is_user_error(BenchmarkLayoutError("root x does not exist"))
     assert is_user_error(NoReadableSamplesError("source 'a': no sample"))
-    assert is_user_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y.png"))
+    assert is_user_error(SampleError("shard a.tar: expected depth.npy"))
     assert is_user_error(OSError(errno.ENOSPC, "No space left on device"))
+    # anything the package did not raise as its own is a bug, and keeps its traceback
+    assert not is_user_error(ValueError("a bug in a shape computation"))
+    assert not is_user_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y.png"))
     assert not is_user_error(KeyError("k"))
-    assert not is_user_error(RuntimeError("from torch"))  # no traceback in the package
-    # Hydra's instantiate wraps what a constructor raised: the cause is shown
+    assert not is_user_error(RuntimeError("from torch"))
+
+
+def test_hydra_instantiate_shows_the_constructors_own_error():
     from hydra.errors import InstantiationException
 
-    try:
-        try:
-            raise ConfigError("data.batch_size: expected an integer >= 1, got 'abc'")
-        except ConfigError as cause:
-            raise InstantiationException("Error in call to target 'X'") from cause
-    except InstantiationException as wrapped:
-        assert is_user_error(wrapped)
-        assert one_line(wrapped) == "data.batch_size: expected an integer >= 1, got 'abc'"
+    from ppd_lightning.training.run import instantiate
+
+    bad = OmegaConf.create(
+        {"_target_": "ppd_lightning.data.transforms.ReleaseResize", "size": [32, 32], "crop_from": {"a": [8, 8]}}
+    )
+    with pytest.raises(ConfigError, match=r"data.crop_from\['a'\] must be \[H, W\]") as e:
+        instantiate(bad)  # ours, unwrapped: one line, no Hydra wrapper around it
+    assert not isinstance(e.value, InstantiationException)
+    buggy = OmegaConf.create({"_target_": "builtins.int", "_args_": ["abc"]})
+    with pytest.raises(InstantiationException):  # a plain ValueError stays Hydra's, with its traceback
+        instantiate(buggy)
 
 
 def test_an_error_re_raised_from_a_dataloader_worker_shows_its_message():
+    from ppd_lightning.data.codec import SampleError
+
     text = (
-        "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        "Caught SampleError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
         f'  File "{REPO}/src/ppd_lightning/data/stream.py", line 10, in __iter__\n'
-        "    raise ValueError(...)\nValueError: shard a.tar: expected depth.npy"
+        "    raise SampleError(...)\nppd_lightning.data.codec.SampleError: shard a.tar: expected depth.npy"
     )
-    exc = ValueError(text)
+    exc = SampleError(text)  # what torch's worker re-raise builds: the same class, the whole report
     assert is_user_error(exc)
     assert one_line(exc) == "shard a.tar: expected depth.npy"
 
@@ -186,14 +197,10 @@ def test_a_full_disk_says_so_and_names_the_path(tmp_path, monkeypatch):
 
 
 def _train_cfg(**over):
-    cfg = OmegaConf.create(
-        {
-            "seed": 1,
-            "data": {"batch_size": 4, "num_workers": 0, "train_size": [32, 48], "val_size": [32, 48]},
-            "model": {"val_steps": 2, "optimizer": {"lr": 1e-4}},
-            "trainer": {"max_steps": -1, "devices": 1, "accumulate_grad_batches": 1},
-        }
-    )
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("train", overrides=["experiment=smoke"])
     for k, v in over.items():
         OmegaConf.update(cfg, k, v)
     return cfg
@@ -213,7 +220,7 @@ def _train_cfg(**over):
     ],
 )
 def test_config_type_errors_name_the_key(key, value, message):
-    from ppd_lightning.training.preflight import check_train_config
+    from ppd_lightning.training.config import check_train_config
 
     check_train_config(_train_cfg())  # the good config passes
     with pytest.raises(ConfigError) as e:

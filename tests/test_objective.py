@@ -10,8 +10,7 @@ import torch
 from model_helpers import randomize, reference_dir, tiny_dit, tiny_encoder
 from safetensors.torch import load_file
 
-from ppd_lightning.flow import DepthTargetTransform
-from ppd_lightning.objective import training_loss
+from ppd_lightning.objective import DepthTargetTransform, training_loss
 from ppd_lightning.official import load_dit, load_semantic_encoder
 
 TOL = 1e-5

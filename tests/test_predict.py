@@ -8,7 +8,9 @@ import pytest
 import torch
 from model_helpers import randomize, tiny_dit, tiny_encoder
 
-from ppd_lightning.predict import main, relative_to_metric
+from ppd_lightning.errors import InputError
+from ppd_lightning.pointcloud import relative_to_metric
+from ppd_lightning.predict import main
 from ppd_lightning.visualize import read_ply
 
 
@@ -59,7 +61,7 @@ def test_predict_writes_depth_pictures_and_point_clouds(tmp_path, released_files
         assert (out / f"{stem}_panel.png").is_file()
         points, colors = read_ply(out / f"{stem}.ply")
         assert points.shape == (h * w, 3) and colors.shape == (h * w, 3)
-        assert (points[:, 2] >= 0.5 - 1e-4).all()  # within the assumed depth range
+        assert (-points[:, 2] >= 0.5 - 1e-4).all()  # within the assumed depth range (OpenGL axes: -z forward)
 
 
 def test_relative_to_metric_spans_the_range():
@@ -74,7 +76,7 @@ def test_predict_errors(tmp_path, released_files):
     bad.write_bytes(b"not an image")
     dit, sem = released_files
     assert main([str(bad), "--out", str(tmp_path / "o"), "--dit", str(dit), "--semantics", str(sem)]) == 1
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="give --"):
         main([str(bad), "--out", str(tmp_path / "o")])  # neither --ckpt nor --dit/--semantics
     with pytest.raises(SystemExit):
         main([str(bad), "--out", str(tmp_path / "o"), "--area", "64"])  # a side length, not an area

@@ -1,5 +1,6 @@
-"""Flow matching in small pieces: the probability path, timestep sampling, the Euler sampler, and the
-depth target transform. No Lightning, no file formats.
+"""Flow matching in small pieces: the probability path, timestep sampling and the Euler sampler (as SiT's
+``transport/``); the depth target they move is ``objective.DepthTargetTransform``. No Lightning, no file
+formats.
 
 Conventions (those of the released model): t in [0, 1], t = 0 is data and t = 1 is noise,
 x_t = (1 - t) * x0 + t * eps, and the network predicts the velocity eps - x0. The official code counts
@@ -11,7 +12,6 @@ x0 - TARGET_SHIFT. Both constants are defined here only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -136,98 +136,3 @@ class EulerSampler:
             eps = self.path.noise_from_velocity(x, v, tb)
             x = self.path.interpolate(x0, eps, grid[i + 1].expand(B))
         return x  # unreachable: the grid is never empty
-
-
-@dataclass
-class DepthTargetTransform:
-    """Metric depth -> diffusion target, per image: log(d + 1), normalised by the 2 % / 98 % quantiles of
-    the valid pixels closer than ``max_depth``, clamped to [-0.5, 1] and shifted by ``shift`` (``TARGET_SHIFT``, -0.5), i.e. the
-    target lives in [-1, 0.5] and a prediction p maps back with depth = exp((p - shift) * (hi - lo) + lo) - 1.
-
-    ``release_depth`` turns a batch's depth / mask / sky into the depth and loss mask the release trains on
-    (valid = ``min_depth`` < d < ``max_depth``; sky valid at ``max_depth + sky_margin``).
-    """
-
-    low_quantile: float = 0.02
-    high_quantile: float = 0.98
-    max_depth: float = 80.0
-    clamp_min: float = -0.5
-    clamp_max: float = 1.0
-    shift: float = TARGET_SHIFT
-    min_depth: float = 0.1
-    sky_margin: float = 1.0
-
-    def release_depth(
-        self, depth: torch.Tensor, mask: torch.Tensor, sky: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The release's ``read_depth`` on this project's batch format -> (depth, loss mask).
-
-        depth (B,1,H,W) metres (0 where invalid or sky), mask bool (valid, never sky), sky bool or None.
-        Valid pixels are ``min_depth < d < max_depth`` inside ``mask`` (so 80-200 m is not valid); depth is
-        clipped to [min_depth, max_depth] (non-finite -> min_depth) and sky is set to the clipped maximum
-        plus ``sky_margin``: the sky of outdoor sets is > 200 m, which clips to ``max_depth``, so sky is
-        ``max_depth + sky_margin`` (81 m). Sky is in the loss mask; it never enters the quantiles, which only
-        take pixels closer than ``max_depth``.
-        """
-        depth = depth.float()
-        finite = torch.isfinite(depth)
-        valid = mask.bool() & finite & (depth > self.min_depth) & (depth < self.max_depth)
-        clipped = torch.where(finite, depth, torch.full_like(depth, self.min_depth))
-        clipped = clipped.clamp(self.min_depth, self.max_depth)
-        if sky is None:
-            return clipped, valid
-        sky = sky.bool() & ~valid
-        clipped = torch.where(sky, torch.full_like(clipped, self.max_depth + self.sky_margin), clipped)
-        return clipped, valid | sky
-
-    def quantiles(self, depth: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B = depth.shape[0]
-        sel = mask & (depth < self.max_depth) & torch.isfinite(depth)
-        logd = torch.log1p(depth.clamp_min(0)).float()
-        flat = torch.where(sel, logd, torch.full_like(logd, float("nan"))).reshape(B, -1)
-        q = torch.tensor([self.low_quantile, self.high_quantile], device=depth.device)
-        lo, hi = torch.nanquantile(flat, q, dim=1)  # NaN for an image without valid pixels
-        lo = torch.nan_to_num(lo, nan=0.0)
-        hi = torch.nan_to_num(hi, nan=1.0)
-        hi = torch.maximum(hi, lo + 1e-6)  # a flat image must not divide by zero
-        return lo, hi
-
-    def __call__(self, depth: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        """depth (B,1,H,W) metres, mask (B,1,H,W) bool -> target (B,1,H,W) and (lo, hi) per image."""
-        lo, hi = self.quantiles(depth, mask)
-        view = (-1,) + (1,) * (depth.ndim - 1)
-        logd = torch.log1p(depth.clamp_min(0).nan_to_num(0.0, 0.0, 0.0)).float()
-        norm = (logd - lo.view(view)) / (hi - lo).view(view)
-        target = x0_from_depth(norm.clamp(self.clamp_min, self.clamp_max), self.shift)
-        return target, (lo, hi)
-
-    def inverse(self, target: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        view = (-1,) + (1,) * (target.ndim - 1)
-        logd = depth_from_x0(target, self.shift) * (hi - lo).view(view) + lo.view(view)
-        return torch.expm1(logd)
-
-
-class FlowMatching:
-    """Training-side flow matching: draws t and eps, builds x_t and the velocity target."""
-
-    def __init__(self, timesteps: LogitNormalTimesteps | None = None, path: LinearPath | None = None):
-        self.timesteps = timesteps or LogitNormalTimesteps()
-        self.path = path or LinearPath()
-
-    def prepare(
-        self,
-        x0: torch.Tensor,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        if t is None:
-            t = self.timesteps(x0.shape[0], x0.device, generator)
-        if noise is None:
-            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        return {
-            "t": t,
-            "noise": noise,
-            "x_t": self.path.interpolate(x0, noise, t),
-            "velocity": self.path.velocity(x0, noise),
-        }

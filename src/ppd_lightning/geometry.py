@@ -1,4 +1,5 @@
-"""Pinhole camera geometry: intrinsics matrices and back-projection of planar depth to points.
+"""Pinhole camera geometry: per-pixel maps as (H, W) arrays, intrinsics matrices and back-projection of
+planar depth to points.
 
 Used by the edge-aware metric (``evaluation/edges.py``), the benchmarks' intrinsics and ``predict --ply``.
 """
@@ -6,17 +7,40 @@ Used by the edge-aware metric (``evaluation/edges.py``), the benchmarks' intrins
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import numpy as np
 import torch
 
+from ppd_lightning.errors import InputError
+
 __all__ = [
+    "as_hw",
+    "as_numpy",
     "as_intrinsics_matrix",
     "centred_camera",
     "depth_to_points",
     "focal_from_hfov",
     "intrinsics_matrix",
+    "parse_intrinsics",
 ]
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A tensor (any device, detached) or array-like as a numpy array."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def as_hw(x: Any, name: str) -> np.ndarray:
+    """A per-pixel map as a numpy (H, W) array: a tensor (any device) or array of shape (H, W), (1, H, W)
+    or (H, W, 1). Anything else is one :class:`InputError` naming ``name``."""
+    x = as_numpy(x)
+    if x.ndim == 3 and 1 in (x.shape[0], x.shape[-1]):
+        x = x.reshape(x.shape[1:] if x.shape[0] == 1 else x.shape[:2])
+    if x.ndim != 2 or 0 in x.shape:
+        raise InputError(f"{name}: expected an HxW (or 1xHxW / HxWx1) map, got shape {x.shape}")
+    return x
 
 
 def intrinsics_matrix(fx: float, fy: float | None = None, cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
@@ -85,3 +109,22 @@ def depth_to_points(depth, intrinsics, mask=None):
     y = (v.to(z.dtype) - cy) * z / fy
     pts = torch.stack([x, y, z], 1)
     return pts if is_torch else pts.numpy().astype(np.float32)
+
+
+def parse_intrinsics(values: Any, where: str) -> tuple[float, float, float, float]:
+    """``fx,fy,cx,cy`` (a string or 4 numbers) or a 3x3 K (9 numbers) -> (fx, fy, cx, cy)."""
+    if isinstance(values, str):
+        values = [v for v in re.split(r"[\s,]+", values.strip()) if v]
+    try:
+        nums = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: intrinsics must be numbers 'fx,fy,cx,cy', got {values!r}") from None
+    if len(nums) == 9:
+        nums = [nums[0], nums[4], nums[2], nums[5]]
+    if len(nums) != 4:
+        raise InputError(
+            f"{where}: expected 4 intrinsics (fx fy cx cy) or a 3x3 K (9), got {len(nums)} values"
+        )
+    if not all(math.isfinite(v) for v in nums) or nums[0] <= 0 or nums[1] <= 0:
+        raise InputError(f"{where}: intrinsics must be finite with fx, fy > 0, got {nums}")
+    return nums[0], nums[1], nums[2], nums[3]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from ppd_lightning import atomic
+from ppd_lightning.geometry import as_hw, as_numpy
 
 __all__ = [
     "colorbar",
@@ -52,6 +52,10 @@ _SPECTRAL = np.array(
 _CV2_MAPS = {"turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS}
 
 
+#: image file suffixes read everywhere an image is taken (predict, folders of frames, raw datasets)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def _lut(name: str) -> np.ndarray:
     """A (256, 3) uint8 RGB lookup table; index 0 is the low end of the value range."""
     if name == "spectral":
@@ -64,22 +68,6 @@ def _lut(name: str) -> np.ndarray:
         bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], _CV2_MAPS[name])[:, 0]
         return bgr[:, ::-1].copy()
     raise ValueError(f"unknown colormap {name!r}; choose from spectral, gray, {', '.join(_CV2_MAPS)}")
-
-
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _squeeze_hw(x: np.ndarray, name: str) -> np.ndarray:
-    if x.ndim == 3 and x.shape[0] == 1:
-        x = x[0]
-    elif x.ndim == 3 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be (H, W), got shape {x.shape}")
-    return x
 
 
 def colorize(
@@ -97,10 +85,10 @@ def colorize(
     (robust to outliers). Invalid pixels (``mask`` false, or non-finite) get ``invalid_color``.
     Index 0 of the colormap corresponds to ``vmin``.
     """
-    v = _squeeze_hw(_np(values).astype(np.float64), "values")
+    v = as_hw(values, "values").astype(np.float64)
     valid = np.isfinite(v)
     if mask is not None:
-        valid &= _squeeze_hw(_np(mask), "mask").astype(bool)
+        valid &= as_hw(mask, "mask").astype(bool)
     if valid.any() and (vmin is None or vmax is None):
         lo, hi = np.percentile(v[valid], percentiles)
         vmin = lo if vmin is None else vmin
@@ -126,10 +114,10 @@ def colorize_depth(
     """Colourise a depth map: near is the low end of ``cmap`` (red for ``spectral``), far the high
     end; robust percentile range unless ``vmin``/``vmax`` are given; invalid pixels
     ``invalid_color`` (black by default). Pixels with depth <= 0 count as invalid."""
-    d = _squeeze_hw(_np(depth).astype(np.float64), "depth")
+    d = as_hw(depth, "depth").astype(np.float64)
     m = np.isfinite(d) & (d > 0)
     if mask is not None:
-        m &= _squeeze_hw(_np(mask), "mask").astype(bool)
+        m &= as_hw(mask, "mask").astype(bool)
     return colorize(d, m, vmin, vmax, cmap, percentiles, invalid_color)
 
 
@@ -138,17 +126,17 @@ def colorize_error(
 ) -> np.ndarray:
     """Colourise the absolute relative error ``|pred - gt| / gt`` on ``[0, vmax]``; invalid pixels
     ``invalid_color`` (grey by default)."""
-    p = _squeeze_hw(_np(pred).astype(np.float64), "pred")
-    g = _squeeze_hw(_np(gt).astype(np.float64), "gt")
+    p = as_hw(pred, "pred").astype(np.float64)
+    g = as_hw(gt, "gt").astype(np.float64)
     m = np.isfinite(g) & (g > 0) & np.isfinite(p)
     if mask is not None:
-        m &= _squeeze_hw(_np(mask), "mask").astype(bool)
+        m &= as_hw(mask, "mask").astype(bool)
     err = np.where(m, np.abs(p - g) / np.where(m, g, 1.0), 0.0)
     return colorize(err, m, 0.0, vmax, cmap, invalid_color=invalid_color)
 
 
 def _to_uint8_rgb(image) -> np.ndarray:
-    x = _np(image)
+    x = as_numpy(image)
     if x.ndim == 3 and x.shape[0] == 3 and x.shape[-1] != 3:
         x = np.transpose(x, (1, 2, 0))
     if x.ndim == 2:
@@ -253,11 +241,11 @@ def depth_panel(
     ``colorbars`` adds the depth key (in ``unit``) after the ground truth, the error key after the
     error, and a legend line naming the two fixed colours.
     """
-    g = _squeeze_hw(_np(gt).astype(np.float64), "gt")
+    g = as_hw(gt, "gt").astype(np.float64)
     m = np.isfinite(g) & (g > 0)
     if mask is not None:
-        m &= _squeeze_hw(_np(mask), "mask").astype(bool)
-    s = np.zeros_like(m) if sky is None else _squeeze_hw(_np(sky), "sky").astype(bool)
+        m &= as_hw(mask, "mask").astype(bool)
+    s = np.zeros_like(m) if sky is None else as_hw(sky, "sky").astype(bool)
     m &= ~s
     if m.any():
         vmin, vmax = np.percentile(g[m], (2.0, 98.0))
@@ -298,17 +286,18 @@ _PLY_DTYPE_XYZ = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
 _PLY_DTYPE_RGB = [("red", "u1"), ("green", "u1"), ("blue", "u1")]
 
 
-def write_ply(path: str | os.PathLike, points, colors=None) -> Path:
+def write_ply(path: str | os.PathLike, points, colors=None, comments: Sequence[str] = ()) -> Path:
     """Atomically write a binary little-endian ``.ply`` point cloud.
 
     Args:
         points: (N, 3) float (numpy or torch).
         colors: optional (N, 3) RGB, ``uint8`` or float in [0, 1].
+        comments: header ``comment`` lines (e.g. the axes convention), one line each.
     """
-    pts = _np(points).astype(np.float32).reshape(-1, 3)
+    pts = as_numpy(points).astype(np.float32).reshape(-1, 3)
     dtype = list(_PLY_DTYPE_XYZ)
     if colors is not None:
-        col = _np(colors)
+        col = as_numpy(colors)
         if col.dtype != np.uint8:
             col = np.clip(np.asarray(col, np.float64) * 255.0, 0, 255).round().astype(np.uint8)
         col = col.reshape(-1, 3)
@@ -317,7 +306,9 @@ def write_ply(path: str | os.PathLike, points, colors=None) -> Path:
         dtype += _PLY_DTYPE_RGB
     rec = np.empty(len(pts), dtype=dtype)
     rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(pts)}"]
+    header = ["ply", "format binary_little_endian 1.0"]
+    header += [f"comment {' '.join(str(c).split())}" for c in comments if str(c).strip()]
+    header.append(f"element vertex {len(pts)}")
     header += ["property float x", "property float y", "property float z"]
     if colors is not None:
         rec["red"], rec["green"], rec["blue"] = col[:, 0], col[:, 1], col[:, 2]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ppd_lightning.data.datamodule import DepthShardDataModule
-from ppd_lightning.data.make_shards import verify_shards, write_shards
+from ppd_lightning.data.verify import verify_shards
+from ppd_lightning.data.writer import write_shards
 
 
 def convert_and_verify(source, root, out, **kw):

@@ -161,13 +161,13 @@ def test_unrealstereo4k_disparity_to_depth_and_bad_file_skipped(tmp_path):
 
 
 def test_missing_root_and_empty_layout_are_clear_errors(tmp_path):
-    from ppd_lightning.data.make_shards import write_shards
-    from ppd_lightning.data.sources import SourceError
+    from ppd_lightning.data.writer import write_shards
+    from ppd_lightning.data.raw import RawDataError
 
     with pytest.raises(FileNotFoundError, match="not a directory"):
         write_shards("vkitti2", tmp_path / "out", root=tmp_path / "nope", progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SourceError, match=r"no samples found under .*empty; expected .*image_left/") as err:
+    with pytest.raises(RawDataError, match=r"no samples found under .*empty; expected .*image_left/") as err:
         write_shards("tartanair", tmp_path / "out", root=tmp_path / "empty", progress=False)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.tar"))

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from ppd_lightning.data.codec import encode_sample
 from ppd_lightning.data.datamodule import DepthShardDataModule, NoReadableSamplesError
-from ppd_lightning.data.make_shards import ensure_synthetic_shards
+from ppd_lightning.data.writer import ensure_synthetic_shards
 from ppd_lightning.data.shards import AtomicShardWriter
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -108,8 +108,9 @@ def test_finetune_own_errors_name_what_is_missing(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from ppd_lightning.data.sources.folder import own_datamodule
-    from ppd_lightning.official import CheckpointError, read_state_dict
+    from ppd_lightning.data.datamodule import OwnShardDataModule
+    from ppd_lightning.errors import CheckpointError
+    from ppd_lightning.weights.files import read_state_dict
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("train", overrides=["experiment=finetune_own", *TINY])
@@ -118,8 +119,8 @@ def test_finetune_own_errors_name_what_is_missing(tmp_path):
             read_state_dict(cfg.init_dit)
         cfg = compose("train", overrides=["experiment=finetune_own", f"data.root={tmp_path}/nowhere", *TINY])
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    assert data.pop("_target_") == "ppd_lightning.data.sources.folder.own_datamodule"
-    dm = own_datamodule(**data)  # builds without data (configs compose and instantiate anywhere)
+    assert data.pop("_target_") == "ppd_lightning.data.datamodule.OwnShardDataModule"
+    dm = OwnShardDataModule(**data)  # builds without data (configs compose and instantiate anywhere)
     with pytest.raises(
         FileNotFoundError, match=r"no train shards in .*nowhere/train; make them with .*make_shards folder"
     ):
@@ -127,6 +128,6 @@ def test_finetune_own_errors_name_what_is_missing(tmp_path):
     (tmp_path / "nowhere/train").mkdir(parents=True)
     (tmp_path / "nowhere/train/folder-000000.tar").write_bytes(b"")
     with pytest.raises(
-        FileNotFoundError, match=r"no val shards in .*nowhere/val \(write it with --val-fraction"
+        FileNotFoundError, match=r"no val shards in .*nowhere/val; \(write it with --val-fraction"
     ):
         dm.setup("fit")

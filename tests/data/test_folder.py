@@ -13,10 +13,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import val_batches  # noqa: E402
 
 from ppd_lightning.data.codec import decode_sample  # noqa: E402
-from ppd_lightning.data.make_shards import main, verify_shards  # noqa: E402
+from ppd_lightning.data.make_shards import main  # noqa: E402
+from ppd_lightning.data.verify import verify_shards  # noqa: E402
 from ppd_lightning.data.shards import iter_tar_samples  # noqa: E402
-from ppd_lightning.data.sources import SourceError  # noqa: E402
-from ppd_lightning.data.sources.folder import list_items, read_pfm  # noqa: E402
+from ppd_lightning.data.raw import RawDataError  # noqa: E402
+from ppd_lightning.errors import InputError  # noqa: E402
+from ppd_lightning.data.raw.folder import list_items, read_pfm  # noqa: E402
 
 H, W = 12, 16
 RNG = np.random.default_rng(0)
@@ -139,16 +141,16 @@ def test_pfm_reader_endianness_scale_and_errors(tmp_path):
     np.testing.assert_array_equal(read_pfm(tmp_path / "le.pfm"), d)
     np.testing.assert_array_equal(read_pfm(tmp_path / "be.pfm"), d)
     (tmp_path / "cut.pfm").write_bytes((tmp_path / "le.pfm").read_bytes()[:-10])
-    with pytest.raises(SourceError, match=r"cut\.pfm: truncated PFM data"):
+    with pytest.raises(RawDataError, match=r"cut\.pfm: not a readable PFM file"):
         read_pfm(tmp_path / "cut.pfm")
     (tmp_path / "rgb.pfm").write_bytes(b"PF\n1 1\n-1\n" + b"\0" * 12)
-    with pytest.raises(SourceError, match=r"rgb\.pfm: a 3-channel PFM"):
+    with pytest.raises(RawDataError, match=r"rgb\.pfm: a 3-channel PFM"):
         read_pfm(tmp_path / "rgb.pfm")
     (tmp_path / "x.pfm").write_bytes(b"P6\n1 1\n255\n\0\0\0")
-    with pytest.raises(SourceError, match=r"x\.pfm: not a PFM file"):
+    with pytest.raises(RawDataError, match=r"x\.pfm: not a readable PFM file"):
         read_pfm(tmp_path / "x.pfm")
     (tmp_path / "h.pfm").write_bytes(b"Pf\n0 4\n-1\n")
-    with pytest.raises(SourceError, match=r"h\.pfm: bad PFM header"):
+    with pytest.raises(RawDataError, match=r"h\.pfm: not a readable PFM file"):
         read_pfm(tmp_path / "h.pfm")
 
 
@@ -180,23 +182,23 @@ def test_clear_errors_for_bad_options_and_layouts(tmp_path):
     write_rgb(root / "rgb/0.png")
     write_u16(root / "depth/0.png", ramp(0))
     base = ["folder", str(root), "--out", str(tmp_path / "s"), "--no-progress"]
-    with pytest.raises(SourceError, match="16-bit PNGs: give --depth-scale"):
+    with pytest.raises(RawDataError, match="16-bit PNGs: give --depth-scale"):
         main(base)
-    with pytest.raises(SourceError, match=r"no images .* match .*/nothing/\* \(--rgb-glob\)"):
+    with pytest.raises(RawDataError, match=r"no images .* match .*/nothing/\* \(--rgb-glob\)"):
         main([*base, "--rgb-glob", "nothing/*", "--depth-scale", "1"])
-    with pytest.raises(SourceError, match=r"--intrinsics: expected 4 intrinsics"):
+    with pytest.raises(InputError, match=r"--intrinsics: expected 4 intrinsics"):
         main([*base, "--depth-scale", "1", "--intrinsics", "1,2,3"])
-    with pytest.raises(SourceError, match=r"fx, fy > 0"):
+    with pytest.raises(InputError, match=r"fx, fy > 0"):
         main([*base, "--depth-scale", "1", "--intrinsics", "0,2,3,4"])
     with pytest.raises(ValueError, match="--depth-scale must be a positive"):
         main([*base, "--depth-scale", "-1"])
     with pytest.raises(FileNotFoundError, match="--list missing.txt: no such file"):
         main([*base, "--list", "missing.txt"])
     (root / "bad.txt").write_text("rgb/0.png\n")
-    with pytest.raises(SourceError, match=r"bad\.txt:1: expected 'rgb depth \[mask\]'"):
+    with pytest.raises(RawDataError, match=r"bad\.txt:1: expected 'rgb depth \[mask\]'"):
         main([*base, "--list", str(root / "bad.txt")])
     (root / "val.txt").write_text("rgb/9.png\n")
-    with pytest.raises(SourceError, match=r"val\.txt: 1 entries are not among the images.*rgb/9\.png"):
+    with pytest.raises(RawDataError, match=r"val\.txt: 1 entries are not among the images.*rgb/9\.png"):
         main([*base, "--depth-scale", "1", "--val-list", "val.txt"])
     with pytest.raises(ValueError, match="--val-fraction or --val-list, not both"):
         main([*base, "--depth-scale", "1", "--val-list", "val.txt", "--val-fraction", "0.2"])
@@ -204,7 +206,7 @@ def test_clear_errors_for_bad_options_and_layouts(tmp_path):
     write_u16(root / "depth2/0.png", ramp(0))
     (root / "depth2/sub").mkdir()
     write_u16(root / "depth2/sub/0.png", ramp(0))
-    with pytest.raises(SourceError, match="two files with the stem '0'"):
+    with pytest.raises(RawDataError, match="two files with the stem '0'"):
         list_items(str(root), depth_glob="depth2/**/*.png", depth_scale=1.0)
     assert not (tmp_path / "s/train").exists() or not list((tmp_path / "s/train").glob("*.tar"))
 

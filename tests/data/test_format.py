@@ -180,13 +180,11 @@ def test_temporaries_of_a_killed_writer_are_recognised_as_stale(tmp_path):
     w = AtomicShardWriter(tmp_path / "src-000003.tar")  # never committed nor aborted: a killed run
     w.write(_sample("a", b"1"))
     w._fh.flush()
-    legacy = tmp_path / "src-000001.tar.tmp-12-34"  # named by earlier versions
-    legacy.write_bytes(b"partial")
     (tmp_path / "src-000000.tar").write_bytes(b"")  # a shard, not a temporary
     (tmp_path / ".other-000000.tar.1.ab.tmp").write_bytes(b"")  # another source's
-    assert stale_temporaries(tmp_path, "src-*.tar") == sorted([w.tmp, legacy])
+    assert stale_temporaries(tmp_path, "src-*.tar") == [w.tmp]
     w.abort()
-    assert stale_temporaries(tmp_path, "src-*.tar") == [legacy]
+    assert stale_temporaries(tmp_path, "src-*.tar") == []
     (tmp_path / ".manifest.json.77.0c0d.tmp").write_bytes(b"{")
     assert stale_temporaries(tmp_path, "manifest.json") == [tmp_path / ".manifest.json.77.0c0d.tmp"]
 
@@ -205,7 +203,7 @@ def test_stock_webdataset_reads_our_shards(tmp_path):
     """The format is a contract: plain webdataset (no ppd_lightning code) decodes every member."""
     import webdataset as wds
 
-    from ppd_lightning.data.make_shards import write_shards
+    from ppd_lightning.data.writer import write_shards
 
     manifest = write_shards(
         "synthetic",

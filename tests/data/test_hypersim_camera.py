@@ -1,9 +1,9 @@
-"""Hypersim's camera is written once (data.sources.hypersim): the shard converter and the benchmark use it."""
+"""Hypersim's camera is written once (data.raw.hypersim): the shard converter and the benchmark use it."""
 
 import numpy as np
 import pytest
 
-from ppd_lightning.data.sources import hypersim
+from ppd_lightning.data.raw import hypersim
 from ppd_lightning.evaluation.datasets import BENCHMARKS
 
 

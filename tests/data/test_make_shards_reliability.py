@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from ppd_lightning.data.codec import encode_sample
-from ppd_lightning.data.make_shards import main, verify_shards, write_shards
+from ppd_lightning.data.make_shards import main
+from ppd_lightning.data.verify import verify_shards
+from ppd_lightning.data.writer import write_shards
 from ppd_lightning.data.shards import write_shard_atomic
 
 REPO = Path(__file__).resolve().parents[2]

@@ -192,7 +192,7 @@ def test_paper_experiments_use_the_release_pipeline_and_timesteps(experiment, pi
 
 def test_hypersim_conversion_keeps_only_the_release_range(tmp_path):
     h5py = pytest.importorskip("h5py")
-    from ppd_lightning.data.sources import hypersim
+    from ppd_lightning.data.raw import hypersim
 
     h, w = 12, 16
     cam = tmp_path / "ai_001_001" / "images" / "scene_cam_00"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from fake_benchmarks import _png16, _rgb
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from test_evaluate import REPO, _cfg
 
 from ppd_lightning.evaluation import datasets as ds_mod
@@ -22,9 +23,9 @@ from ppd_lightning.evaluation.datasets import (
     build_benchmark,
     resolve_split,
 )
-from ppd_lightning.evaluation.files import FileSource, UnsafeNameError, confine_name
+from ppd_lightning.evaluation.files import BenchmarkFiles, UnsafeNameError, confine_name
 from ppd_lightning.evaluation.metrics import METRIC_NAMES, depth_metrics_per_image
-from ppd_lightning.evaluation.predictors import SavedPredictions, prediction_path
+from ppd_lightning.evaluation.predictors import Prediction, SavedPredictions, prediction_path
 from ppd_lightning.evaluation.protocols import get_protocol
 from ppd_lightning.evaluation.run import evaluate, evaluate_benchmark, resolve_benchmarks
 
@@ -56,14 +57,19 @@ def _save(pred_dir: Path, name: str, arr: np.ndarray) -> Path:
 
 
 class _FakeModel:
-    """A model source: records the images it sees, answers with ``fn(image)``."""
+    """A model source (the Predictor interface): records the images it sees, answers with ``fn(image)``."""
+
+    needs_image, in_workers = True, False
 
     def __init__(self, fn):
         self.fn, self.seen = fn, []
 
-    def predict(self, images):
-        self.seen.extend(im.shape for im in images)
-        return [self.fn(im) for im in images], [None] * len(images)
+    def for_benchmark(self, name, protocol, several=False):
+        return self
+
+    def predict_many(self, samples):
+        self.seen.extend(p.image.shape for p in samples)
+        return [Prediction(self.fn(p.image)) for p in samples]
 
 
 def _nyu_with_real_paths(
@@ -195,7 +201,9 @@ def test_kitti_predictions_on_the_benchmark_crop_score_like_full_size(tmp_path, 
 def test_default_split_of_each_benchmark_is_the_pinned_list(name):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"benchmark={name}"])
-    path = resolve_split(cfg.benchmark.split)
+    assert cfg.benchmark.split == "pinned"  # the YAML says "the pinned list", the code names it once
+    (run,) = resolve_benchmarks(OmegaConf.to_container(cfg))
+    path = resolve_split(run["split"])
     assert path.parent == ds_mod.SPLITS_DIR and path.is_file()  # inside the package, not ../shared
     entries = [t for t in _split_lines(name) if not (len(t) > 1 and t[1] == "None")]
     assert len(entries) == PINNED_COUNTS[name]
@@ -388,7 +396,7 @@ def test_crafted_tar_members_are_refused_by_name(tmp_path, member):
     depth = member.replace("rgb_", "depth_")
     tar = _tar_with(tmp_path, [member, depth])
     with pytest.raises(UnsafeNameError, match=rf"member of {tar} '{member}'"):
-        FileSource(tar)
+        BenchmarkFiles(tar)
     out = tmp_path / "deep" / "out"
     with pytest.raises(UnsafeNameError, match="climbs out|absolute"):
         evaluate(_cfg(f"benchmark.root={tar}", f"predictions={tmp_path}", f"output_dir={out}", "panels=1"))

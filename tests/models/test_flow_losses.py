@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from ppd_lightning.flow import (
-    DepthTargetTransform,
     EulerSampler,
-    FlowMatching,
     LinearPath,
     LogitNormalTimesteps,
     official_timesteps,
 )
 from ppd_lightning.losses import MultiScaleGradientLoss, masked_mse
+from ppd_lightning.objective import DepthTargetTransform
 
 
 def test_linear_path_endpoints_and_inversions():
@@ -78,14 +77,6 @@ def test_uniform_share_of_timesteps_reaches_the_ends():
     assert abs(uniform.mean() - 0.5) < 0.01 and abs((uniform > 0.95).float().mean() - 0.05) < 0.006
     with pytest.raises(ValueError, match="uniform_fraction"):
         LogitNormalTimesteps(uniform_fraction=1.5)
-
-
-def test_flow_matching_prepare():
-    fm = FlowMatching()
-    x0 = torch.randn(4, 1, 8, 8)
-    out = fm.prepare(x0, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(out["velocity"], out["noise"] - x0)
-    torch.testing.assert_close(out["x_t"], LinearPath().interpolate(x0, out["noise"], out["t"]))
 
 
 def test_depth_target_transform_range_quantiles_and_inverse():

@@ -16,7 +16,7 @@ from model_helpers import MOGE2_NON_SEMANTIC, moge2_checkpoint, randomize, save_
 
 from ppd_lightning.models import PixelPerfectDepth, SemanticEncoder
 from ppd_lightning.official import CheckpointError, load_dit, load_pixel_perfect_depth, load_semantic_encoder
-from ppd_lightning.weights import build_from_spec, build_semantic_encoder
+from ppd_lightning.weights.encoders import build_from_spec, build_semantic_encoder
 
 TOL = 1e-5
 

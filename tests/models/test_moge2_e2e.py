@@ -15,7 +15,7 @@ import torch
 from model_helpers import randomize, save_moge2, tiny_dit
 
 from ppd_lightning.official import CheckpointError
-from ppd_lightning.weights import load_model_from_checkpoint
+from ppd_lightning.weights.checkpoints import load_model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "evaluation"))

@@ -8,9 +8,10 @@ import torch
 from model_helpers import tiny_dit
 
 from ppd_lightning import flow
-from ppd_lightning.flow import DepthTargetTransform, EulerSampler
+from ppd_lightning.flow import EulerSampler
 from ppd_lightning.models import PixelPerfectDepth
 from ppd_lightning.models import dit as dit_module
+from ppd_lightning.objective import DepthTargetTransform
 
 
 def _depth_and_mask(B=2, H=16, W=24):

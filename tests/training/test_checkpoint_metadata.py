@@ -10,7 +10,7 @@ from test_module import fit, make_module, toy_batch
 
 from ppd_lightning.errors import CheckpointError
 from ppd_lightning.models.ppd import TRAIN_AREA
-from ppd_lightning.weights import (
+from ppd_lightning.weights.checkpoints import (
     FORMAT,
     METADATA_KEY,
     dit_state,
@@ -65,16 +65,25 @@ def test_training_area_is_read_from_the_record_not_the_baseline_buffer(trained, 
     assert all(torch.equal(raw[k], ckpt["state_dict"][f"dit.{k}"]) for k in raw)
 
 
-def test_checkpoint_without_the_record_falls_back_to_the_released_area(trained, tmp_path, caplog):
+def test_checkpoint_without_a_crop_size_falls_back_to_the_released_area(trained, tmp_path, caplog):
+    _, path = trained
+    ckpt = torch.load(path, weights_only=True)
+    ckpt[METADATA_KEY]["train_size"] = None  # saved before any training batch
+    torch.save(ckpt, tmp_path / "early.ckpt")
+    with caplog.at_level(logging.WARNING, logger="ppd_lightning.weights.checkpoints"):
+        model = _load(tmp_path / "early.ckpt")
+    assert model.area == TRAIN_AREA
+    assert "records no training crop size" in caplog.text and str(tmp_path / "early.ckpt") in caplog.text
+
+
+def test_checkpoint_without_the_record_is_not_ours(trained, tmp_path):
     _, path = trained
     ckpt = torch.load(path, weights_only=True)
     del ckpt[METADATA_KEY]
-    torch.save(ckpt, tmp_path / "old.ckpt")
-    assert is_training_checkpoint(ckpt)  # format 0: Lightning's hyper_parameters hold 'dit'
-    with caplog.at_level(logging.WARNING, logger="ppd_lightning.weights.model"):
-        model = _load(tmp_path / "old.ckpt")
-    assert model.area == TRAIN_AREA
-    assert "records no training crop size" in caplog.text and str(tmp_path / "old.ckpt") in caplog.text
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    assert not is_training_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match=r"other.ckpt: not a ppd-lightning training checkpoint"):
+        _load(tmp_path / "other.ckpt")
 
 
 @pytest.mark.parametrize(
@@ -82,7 +91,7 @@ def test_checkpoint_without_the_record_falls_back_to_the_released_area(trained, 
     [
         ({"format": 1, "train_size": [32]}, r"'ppd_lightning.train_size' must be \[H, W\]"),
         ({"format": 1, "train_size": [0, 48]}, r"'ppd_lightning.train_size' must be \[H, W\]"),
-        ({"format": 99, "train_size": [32, 48]}, r"format 99 is newer than this ppd-lightning reads"),
+        ({"format": 99, "train_size": [32, 48]}, r"format' is 99; this ppd-lightning reads format 1 \(the file is newer"),
     ],
 )
 def test_bad_metadata_is_one_error_naming_the_file_and_key(trained, tmp_path, meta, match):

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from ppd_lightning.official import load_dit
-from ppd_lightning.weights import export_dit, load_model_from_checkpoint
+from ppd_lightning.weights.checkpoints import export_dit, load_model_from_checkpoint
 
 ENC = dict(allow_random=True, random_seed=0, embed_dim=32, depth=1, num_heads=2, img_size=56)
 DIT = dict(hidden_size=32, depth=2, num_heads=2, patch_size=4, semantic_dim=32, variant="cascade")
@@ -305,7 +305,7 @@ def test_checkpoint_reload_and_export(tmp_path):
 
 
 def test_random_encoder_needs_explicit_permission():
-    from ppd_lightning.weights import build_semantic_encoder
+    from ppd_lightning.weights.encoders import build_semantic_encoder
 
     with pytest.raises(ValueError, match="model.encoder.weights is not set"):
         build_semantic_encoder(size="vits")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ppd_lightning.data.datamodule import DepthShardDataModule
-from ppd_lightning.data.make_shards import ensure_synthetic_shards
+from ppd_lightning.data.writer import ensure_synthetic_shards
 from ppd_lightning.flow import TARGET_SHIFT
 
 ENC = dict(allow_random=True, random_seed=0, embed_dim=32, depth=1, num_heads=2, img_size=56)

@@ -136,7 +136,7 @@ def test_ablation_multirun_writes_one_summary(tmp_path, data_dir):
 def test_compile_trains_and_keeps_checkpoint_names(tmp_path, data_dir):
     """compile=true (minutes of compilation on a CPU, hence slow): same steps, finite losses, and a
     checkpoint whose names are those of an uncompiled run (no `_orig_mod.`), loadable as usual."""
-    from ppd_lightning.weights import load_model_from_checkpoint
+    from ppd_lightning.weights.checkpoints import load_model_from_checkpoint
 
     run = tmp_path / "compiled"
     train([f"hydra.run.dir={run}", "compile=true"], tmp_path, data_dir, timeout=900)

@@ -28,6 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ppd_lightning.errors import InputError
+
 RGB_MEMBERS = ("rgb.png", "rgb.jpg")
 DEPTH_MEMBER = "depth.npy"
 MASK_MEMBER = "mask.png"
@@ -41,7 +43,7 @@ _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-class SampleError(ValueError):
+class SampleError(InputError):
     """A sample (or one of its members) is missing, undecodable or inconsistent."""
 
 

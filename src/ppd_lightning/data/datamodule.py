@@ -36,13 +36,23 @@ import lightning as L
 import torch
 import webdataset as wds
 
-from .stream import DepthShardStream, NoReadableSamplesError, _check_local_shards, collate, parse_sources
+from ppd_lightning.errors import CheckpointError, ConfigError
+
+from .stream import MAKE_SHARDS_HINT, DepthShardStream, NoReadableSamplesError, collate, parse_sources
 from .transforms import ReleaseResize
+from .writer import ensure_synthetic_shards
 
 PIPELINES = ("augment", "release")
 log = logging.getLogger(__name__)
 
-__all__ = ["DepthShardDataModule", "DepthShardStream", "NoReadableSamplesError", "collate", "parse_sources"]
+__all__ = [
+    "DepthShardDataModule",
+    "DepthShardStream",
+    "NoReadableSamplesError",
+    "OwnShardDataModule",
+    "collate",
+    "parse_sources",
+]
 
 
 class _StreamPosition:
@@ -163,17 +173,13 @@ class DepthShardDataModule(L.LightningDataModule):
         generate: dict[str, dict[str, Any]] | None = None,
     ):
         super().__init__()
+        # sizes and counts are checked against training.config.TrainSchema when train.py starts
         if pipeline not in PIPELINES:
-            raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+            raise ConfigError(f"data.pipeline must be one of {PIPELINES}, got {pipeline!r}")
         if crop_from and pipeline != "release":
-            raise ValueError(
-                "crop_from is part of pipeline=release; with pipeline=augment every set is cropped"
+            raise ConfigError(
+                "data.crop_from is part of pipeline=release; with pipeline=augment every set is cropped"
             )
-        for name, size in (("train_size", train_size), ("val_size", val_size)):
-            if len(size) != 2 or min(int(x) for x in size) < 1:
-                raise ValueError(f"{name} must be [H, W] with positive ints, got {size!r}")
-        if epoch_batches < 1 or batch_size < 1:
-            raise ValueError(f"epoch_batches and batch_size must be >= 1, got {epoch_batches}, {batch_size}")
         self.train_sources_cfg = [dict(s) for s in train_sources]
         self.val_sources_cfg = [dict(s) for s in (val_sources or [])]
         self.batch_size = int(batch_size)
@@ -206,23 +212,21 @@ class DepthShardDataModule(L.LightningDataModule):
         if generate is None:
             return {}
         if not isinstance(generate, Mapping):
-            raise ValueError(
+            raise ConfigError(
                 f"data.generate must be a mapping {{split: generation arguments}}, got {generate!r}"
             )
         import inspect
 
-        from .make_shards import ensure_synthetic_shards
-
         allowed = inspect.signature(ensure_synthetic_shards).parameters
         for split, params in generate.items():
             if not isinstance(params, Mapping) or "out_dir" not in params:
-                raise ValueError(
+                raise ConfigError(
                     f"data.generate.{split} must be a mapping of ensure_synthetic_shards arguments with "
                     f"'out_dir', got {params!r}"
                 )
             unknown = sorted(set(params) - set(allowed))
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"data.generate.{split} has unknown keys {unknown}; allowed: {list(allowed)}"
                 )
         return {str(k): dict(v) for k, v in generate.items()}
@@ -232,18 +236,15 @@ class DepthShardDataModule(L.LightningDataModule):
         node, the others wait)."""
         if not self.generate:
             return
-        from .make_shards import ensure_synthetic_shards
-
         for split, params in self.generate.items():
             ensure_synthetic_shards(**params)
             log.info("synthetic %s shards ready in %s", split, params["out_dir"])
 
     def setup(self, stage: str | None = None) -> None:
         self.rank, self.world_size = _dist_info(getattr(self, "trainer", None))
-        train = parse_sources(self.train_sources_cfg, "train_sources")
-        val = parse_sources(self.val_sources_cfg, "val_sources")
+        train = parse_sources(self.train_sources_cfg, "train", self.missing_shards_hint("train"))
+        val = parse_sources(self.val_sources_cfg, "val", self.missing_shards_hint("val"))
         self.val_names = [s["name"] for s in val]
-        _check_local_shards(train + val)
         common = dict(
             rank=self.rank, world_size=self.world_size, seed=self.seed, return_keys=self.return_keys
         )
@@ -268,6 +269,10 @@ class DepthShardDataModule(L.LightningDataModule):
                 transform=self._release(self.val_size, train=False),
                 **common,
             )
+
+    def missing_shards_hint(self, split: str) -> str:
+        """What an error about missing ``split`` shards tells the user to do."""
+        return MAKE_SHARDS_HINT
 
     def _release(self, size: tuple[int, int], train: bool) -> ReleaseResize | None:
         """The release pipeline's transform, or None (the stream's default augmentation)."""
@@ -308,7 +313,7 @@ class DepthShardDataModule(L.LightningDataModule):
         for key in ("data_epoch", "data_batches"):
             value = state_dict.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(
+                raise CheckpointError(
                     f"DepthShardDataModule state: {key!r} must be an int >= 0, got {value!r} "
                     f"(state keys: {sorted(state_dict)})"
                 )
@@ -320,3 +325,20 @@ class DepthShardDataModule(L.LightningDataModule):
         if self._val_ds is None:
             return []
         return self._loader(self._val_ds, persistent=False)
+
+
+class OwnShardDataModule(DepthShardDataModule):
+    """``DepthShardDataModule`` over ``<root>/train`` and ``<root>/val``, the shards ``make_shards folder``
+    writes from your own RGB-D data (``conf/data/own.yaml``); when they are missing, the error says how to
+    make them. Building it reads nothing (configs compose and instantiate without data)."""
+
+    def __init__(self, root: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.root = str(root)
+
+    def missing_shards_hint(self, split: str) -> str:
+        hint = "(write it with --val-fraction or --val-list) " if split == "val" else ""
+        return (
+            f"{hint}make them with `python -m ppd_lightning.data.make_shards folder <your folder> "
+            f"--out {self.root}` (data.root={self.root})"
+        )

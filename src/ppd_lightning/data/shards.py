@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ppd_lightning.atomic import replacing
+from ppd_lightning.errors import InputError, PPDError
 
 
-class ShardError(OSError):
+class ShardError(PPDError, OSError):
     """A shard cannot be opened or its tar stream is truncated/corrupt."""
 
 
@@ -180,13 +181,10 @@ def stale_temporaries(out_dir: str | Path, name_glob: str) -> list[Path]:
     ``name_glob`` (e.g. ``"hypersim-*.tar"``, ``"manifest.json"``).
 
     Matches the temporaries of :func:`ppd_lightning.atomic.replacing` (``.<name>.<pid>.<hex>.tmp``),
-    which :class:`AtomicShardWriter` uses, and those of earlier versions of the shard writer
-    (``<name>.tmp-<pid>-<ns>``). Only delete them while no other writer works in ``out_dir``
+    which :class:`AtomicShardWriter` uses. Only delete them while no other writer works in ``out_dir``
     (``make_shards`` holds the directory lock).
     """
-    out_dir = Path(out_dir)
-    found = set(out_dir.glob(f".{name_glob}.*.tmp")) | set(out_dir.glob(f"{name_glob}.tmp-*"))
-    return sorted(p for p in found if p.is_file())
+    return sorted(p for p in Path(out_dir).glob(f".{name_glob}.*.tmp") if p.is_file())
 
 
 def write_shard_atomic(path: str | Path, samples: list[dict[str, bytes]]) -> int:
@@ -200,7 +198,7 @@ def write_shard_atomic(path: str | Path, samples: list[dict[str, bytes]]) -> int
 def expand_shard_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
     """Expand a brace pattern (``dir/shard-{000000..000009}.tar``), a directory or a list of either.
 
-    A directory expands to its ``*.tar`` files in sorted order. Raises ``ValueError`` when nothing
+    A directory expands to its ``*.tar`` files in sorted order. Raises ``InputError`` when nothing
     is left, naming the pattern.
     """
     import braceexpand  # a webdataset dependency; imported lazily to keep this module light
@@ -209,11 +207,11 @@ def expand_shard_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise ValueError(f"shard urls must be strings, got {type(item).__name__}: {item!r}")
+            raise InputError(f"shard urls must be strings, got {type(item).__name__}: {item!r}")
         if "://" not in item and not item.startswith("pipe:") and os.path.isdir(item):
             out.extend(sorted(str(p) for p in Path(item).glob("*.tar")))
         else:
             out.extend(braceexpand.braceexpand(os.path.expanduser(item)))
     if not out:
-        raise ValueError(f"shard pattern {urls!r} expands to no shards")
+        raise InputError(f"shard pattern {urls!r} expands to no shards")
     return out

@@ -17,6 +17,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ppd_lightning.errors import ConfigError, MissingFileError, PPDError
+
 from .codec import SampleError, decode_sample
 from .shards import ShardError, expand_shard_urls, iter_tar_samples
 from .transforms import CropResize
@@ -24,41 +26,52 @@ from .transforms import CropResize
 log = logging.getLogger(__name__)
 
 
-class NoReadableSamplesError(RuntimeError):
+class NoReadableSamplesError(PPDError, RuntimeError):
     """A source produced no decodable sample from any of its shards."""
 
 
-def parse_sources(sources: Sequence[Mapping[str, Any]] | None, what: str) -> list[dict[str, Any]]:
-    """Normalise ``[{urls, weight, name}]`` (dicts or OmegaConf nodes) and expand the urls."""
+MAKE_SHARDS_HINT = "make them with `python -m ppd_lightning.data.make_shards ...`"
+
+
+def _local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def parse_sources(
+    sources: Sequence[Mapping[str, Any]] | None, split: str, missing_hint: str = MAKE_SHARDS_HINT
+) -> list[dict[str, Any]]:
+    """Normalise the ``[{urls, weight, name}]`` of ``data.<split>_sources`` (dicts or OmegaConf nodes),
+    expand the urls and check that the local shards exist: a folder without shards, or listed shards
+    that are not there, is one :class:`MissingFileError` naming them and ending with ``missing_hint``
+    (how to make them)."""
+    what = f"data.{split}_sources"
     out = []
     for i, src in enumerate(sources or []):
         if not isinstance(src, Mapping) or "urls" not in src:
-            raise ValueError(
+            raise ConfigError(
                 f"{what}[{i}] must be a mapping with 'urls' (and optional weight, name), got {src!r}"
             )
         unknown = set(src) - {"urls", "weight", "name"}
         if unknown:
-            raise ValueError(f"{what}[{i}] has unknown keys {sorted(unknown)}; allowed: urls, weight, name")
+            raise ConfigError(f"{what}[{i}] has unknown keys {sorted(unknown)}; allowed: urls, weight, name")
         urls = src["urls"]
         urls = urls if isinstance(urls, str) else [str(u) for u in urls]
         weight = float(src.get("weight", 1.0))
         if not weight > 0:
-            raise ValueError(f"{what}[{i}] weight must be > 0, got {weight}")
+            raise ConfigError(f"{what}[{i}] weight must be > 0, got {weight}")
+        folder = isinstance(urls, str) and _local(urls) and "{" not in urls and not urls.endswith(".tar")
+        if folder and not any(Path(urls).glob("*.tar")):  # a folder that is missing or holds no shard
+            raise MissingFileError(f"no {split} shards in {urls}; {missing_hint}")
         shards = expand_shard_urls(urls)
-        name = src.get("name") or Path(shards[0]).parent.name or f"source{i}"
-        out.append({"name": str(name), "urls": shards, "weight": weight})
-    return out
-
-
-def _check_local_shards(sources: list[dict[str, Any]]) -> None:
-    for src in sources:
-        local = [u for u in src["urls"] if "://" not in u and not u.startswith("pipe:")]
-        missing = [u for u in local if not os.path.isfile(u)]
+        name = str(src.get("name") or Path(shards[0]).parent.name or f"source{i}")
+        missing = [u for u in shards if _local(u) and not os.path.isfile(u)]
         if missing:
-            raise FileNotFoundError(
-                f"source {src['name']!r}: {len(missing)} of {len(src['urls'])} shards do not exist, "
-                f"e.g. {missing[0]} (make them with `python -m ppd_lightning.data.make_shards ...`)"
+            raise MissingFileError(
+                f"source {name!r}: {len(missing)} of {len(shards)} shards do not exist, e.g. {missing[0]}; "
+                f"{missing_hint}"
             )
+        out.append({"name": name, "urls": shards, "weight": weight})
+    return out
 
 
 def _partition(items: list[str], index: int, count: int) -> list[str]:

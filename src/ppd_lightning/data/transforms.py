@@ -21,11 +21,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .codec import DepthSample
+from ppd_lightning.errors import ConfigError
 
-# Valid depth (metres, exclusive bounds) per dataset, as the release's loaders read it. Applied to every
-# sample read, so shards converted before a range was known still train on the release's pixels.
-DATASET_DEPTH_RANGE: dict[str, tuple[float, float]] = {"hypersim": (0.1, 65.0)}
+from .codec import DepthSample
+from .raw import hypersim
+
+# Valid depth (metres, exclusive bounds) per dataset, as the release's loaders read it (each defined by
+# its converter). Applied to every sample read, so the range is the release's whatever the shards hold.
+DATASET_DEPTH_RANGE: dict[str, tuple[float, float]] = {"hypersim": hypersim.VALID_RANGE}
 
 
 def restrict_depth_range(sample: DepthSample) -> DepthSample:
@@ -83,8 +86,8 @@ class ReleaseResize:
         self.crop_from: dict[str, tuple[int, int]] = {}
         for name, hw in dict(crop_from or {}).items():
             if len(hw) != 2 or int(hw[0]) < self.size[0] or int(hw[1]) < self.size[1]:
-                raise ValueError(
-                    f"crop_from[{name!r}] must be [H, W] at least the output size {list(self.size)}, got {hw!r}"
+                raise ConfigError(
+                    f"data.crop_from[{name!r}] must be [H, W] at least the output size {list(self.size)}, got {hw!r}"
                 )
             self.crop_from[str(name)] = (int(hw[0]), int(hw[1]))
 

@@ -21,7 +21,7 @@ hypersim   ``<scene>/rgb_cam_XX_frXXXX.png`` + ``depth_plane_cam_XX_frXXXX.png``
 A split file (one relative rgb path per line; an optional second column is the depth path, as in
 the common split lists, ``None`` there meaning "no ground truth": skipped) restricts and orders
 the set; without one, pairs are found by scanning the root. Files are read through
-:class:`ppd_lightning.evaluation.files.FileSource` (a folder or a tar, names confined to the root).
+:class:`ppd_lightning.evaluation.files.BenchmarkFiles` (a folder or a tar, names confined to the root).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from ppd_lightning.data.sources import hypersim as hypersim_source
-from ppd_lightning.evaluation.files import FileSource, UnsafeNameError, confine_name
-from ppd_lightning.geometry import as_intrinsics_matrix, intrinsics_matrix
+from ppd_lightning.data.raw import hypersim as hypersim_source
+from ppd_lightning.errors import ConfigError, InputError, MissingFileError
+from ppd_lightning.evaluation.files import BenchmarkFiles, UnsafeNameError, confine_name
+from ppd_lightning.geometry import as_hw, as_intrinsics_matrix, intrinsics_matrix
 
 __all__ = [
     "BENCHMARKS",
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 SPLITS_DIR = Path(__file__).resolve().with_name("splits")
 
 
-class BenchmarkLayoutError(FileNotFoundError):
+class BenchmarkLayoutError(MissingFileError):
     """A benchmark root is missing, or holds no pair in the expected layout."""
 
 
@@ -80,7 +81,7 @@ class Sample:
 def _decode_rgb(data: bytes, name: str) -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     if arr is None:
-        raise ValueError(f"cannot decode image {name}")
+        raise InputError(f"cannot decode image {name}")
     return arr
 
 
@@ -112,7 +113,7 @@ def _decode_png16(data: bytes, name: str, depth_scale: float) -> tuple[np.ndarra
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 2:
         got = None if arr is None else f"{arr.dtype} {arr.shape}"
-        raise ValueError(f"{name}: expected a single-channel uint16 PNG, got {got}")
+        raise InputError(f"{name}: expected a single-channel uint16 PNG, got {got}")
     # Divided by the units per metre (1000, 256): a float32 division is correctly rounded, a product
     # with float32(0.001) is not, and would change the last bit of some depths.
     depth = arr.astype(np.float32) / np.float32(1.0 / depth_scale)
@@ -120,7 +121,7 @@ def _decode_png16(data: bytes, name: str, depth_scale: float) -> tuple[np.ndarra
 
 
 class BenchmarkDataset(Dataset):
-    """Base reader: a list of ``(rgb, depth)`` relative paths in a :class:`FileSource`.
+    """Base reader: a list of ``(rgb, depth)`` relative paths in a :class:`BenchmarkFiles`.
 
     Subclasses set ``name``, ``layout`` (human-readable), ``rgb_pattern`` (regex with a
     ``prefix`` group for any leading folder), and implement :meth:`depth_candidates`. Ground truth
@@ -144,8 +145,8 @@ class BenchmarkDataset(Dataset):
     ) -> None:
         self.root = Path(root).expanduser()
         try:
-            self.files = FileSource(self.root)
-        except FileNotFoundError:
+            self.files = BenchmarkFiles(self.root)
+        except MissingFileError:
             raise BenchmarkLayoutError(self._layout_error(f"root {self.root} does not exist")) from None
         self.intrinsics = None if intrinsics is None else np.asarray(intrinsics, np.float64)
         self._prefixes: list[str] = []
@@ -296,7 +297,7 @@ class BenchmarkDataset(Dataset):
         rgb_name, depth_name = self.pairs[index]
         depth, valid = self.load_depth(depth_name, rgb_name)
         if depth.ndim != 2 or valid.shape != depth.shape:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {depth_name}: expected an HxW depth map and mask, got {depth.shape} "
                 f"and {valid.shape}"
             )
@@ -321,18 +322,9 @@ def _load_npy(data: bytes, name: str) -> np.ndarray:
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same named error
-        raise ValueError(f"{name}: not a readable .npy array ({type(e).__name__}: {e})") from None
+        raise InputError(f"{name}: not a readable .npy array ({type(e).__name__}: {e})") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name}: expected a numeric .npy array, got {getattr(arr, 'dtype', type(arr))}")
-    return arr
-
-
-def _hw(arr: np.ndarray, name: str) -> np.ndarray:
-    """H x W, or H x W x 1 / 1 x H x W squeezed."""
-    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
-        arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:2])
-    if arr.ndim != 2 or 0 in arr.shape:
-        raise ValueError(f"{name}: expected an HxW (or HxWx1) map, got shape {arr.shape}")
+        raise InputError(f"{name}: expected a numeric .npy array, got {getattr(arr, 'dtype', type(arr))}")
     return arr
 
 
@@ -399,7 +391,7 @@ class ETH3D(BenchmarkDataset):
             h, w = _image_hw(self.files.read(rgb_name), rgb_name)
         if len(raw) != h * w * 4:
             native = "x".join(map(str, self.native_shape))
-            raise ValueError(
+            raise InputError(
                 f"eth3d: {depth_name} has {len(raw)} bytes, expected {h}x{w} float32 = {h * w * 4} bytes "
                 f"(ETH3D's maps are {native}; set benchmark.options.depth_shape=[H,W] for other sizes)"
             )
@@ -435,10 +427,10 @@ class DIODE(BenchmarkDataset):
 
     def load_depth(self, depth_name, rgb_name):
         mask_name = depth_name[: -len(".npy")] + "_mask.npy"
-        depth = _hw(_load_npy(self.files.read(depth_name), depth_name), depth_name).astype(np.float32)
-        mask = _hw(_load_npy(self.files.read(mask_name), mask_name), mask_name)
+        depth = as_hw(_load_npy(self.files.read(depth_name), depth_name), depth_name).astype(np.float32)
+        mask = as_hw(_load_npy(self.files.read(mask_name), mask_name), mask_name)
         if mask.shape != depth.shape:
-            raise ValueError(f"diode: {mask_name} is {mask.shape}, its depth {depth_name} is {depth.shape}")
+            raise InputError(f"diode: {mask_name} is {mask.shape}, its depth {depth_name} is {depth.shape}")
         return depth, mask > 0
 
 
@@ -502,7 +494,7 @@ def build_benchmark(name: str, root, split=None, limit: int | None = None, **opt
     of ``conf/benchmark/*.yaml``); ``None`` scans the root. ``allow_missing=True`` (an option)
     evaluates the listed files that exist when some are missing, with a warning."""
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+        raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
     if root is None or str(root) == "":
         cls = BENCHMARKS[name]
         raise BenchmarkLayoutError(

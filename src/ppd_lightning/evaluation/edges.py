@@ -27,24 +27,17 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from ppd_lightning.geometry import depth_to_points
+from ppd_lightning.geometry import as_hw, depth_to_points
 
 __all__ = ["EdgeChamfer", "chamfer_distance", "edge_chamfer", "edge_region"]
 
 _SOBEL_SCALE = 1000.0  # log-depth Sobel response -> int16 for cv2.Canny(dx, dy, ...)
 
 
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    return x.reshape(x.shape[-2:]) if x.ndim == 3 else x
-
-
 def edge_region(gt, valid, low: float = 0.1, high: float = 0.2, dilation: int = 3) -> np.ndarray:
     """Bool (H, W) mask of the dilated Canny edges of ``ln(gt)`` within ``valid``."""
-    d = _np(gt).astype(np.float64)
-    v = _np(valid).astype(bool) & np.isfinite(d) & (d > 0)
+    d = as_hw(gt, "gt").astype(np.float64)
+    v = as_hw(valid, "valid").astype(bool) & np.isfinite(d) & (d > 0)
     if not v.any():
         return np.zeros(d.shape, bool)
     logd = np.where(v, np.log(np.where(v, d, 1.0)), np.median(np.log(d[v])))
@@ -104,8 +97,8 @@ def edge_chamfer(
         sub = np.zeros_like(region)
         sub[v[keep], u[keep]] = True
         region = sub
-    p = torch.as_tensor(_np(pred).astype(np.float32))
-    g = torch.as_tensor(_np(gt).astype(np.float32))
+    p = torch.as_tensor(as_hw(pred, "pred").astype(np.float32))
+    g = torch.as_tensor(as_hw(gt, "gt").astype(np.float32))
     mask = torch.from_numpy(region)
     if device is not None:
         p, g, mask = p.to(device), g.to(device), mask.to(device)

@@ -11,10 +11,12 @@ import re
 import tarfile
 from pathlib import Path
 
-__all__ = ["FileSource", "UnsafeNameError", "confine_name"]
+from ppd_lightning.errors import InputError, MissingFileError
+
+__all__ = ["BenchmarkFiles", "UnsafeNameError", "confine_name"]
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(InputError):
     """A benchmark member name (or a name derived from one) that would leave its root."""
 
 
@@ -44,7 +46,7 @@ def confine_name(name: str, what: str = "name") -> str:
     return "/".join(parts)
 
 
-class FileSource:
+class BenchmarkFiles:
     """Read-only access to the files of a folder or of an uncompressed/compressed ``.tar``.
 
     Names are POSIX paths relative to the root (a leading ``./`` in a tar is dropped). A tar is indexed
@@ -78,7 +80,7 @@ class FileSource:
                 self._member_names = {self._norm(m.name): m.name for m in files}
             self._names = sorted(self._tar_index)
         else:
-            raise FileNotFoundError(str(self.root))
+            raise MissingFileError(f"{self.root}: no such folder or tar archive")
         self._set = set(self._names)
 
     def _norm(self, name: str) -> str:
@@ -98,9 +100,12 @@ class FileSource:
 
     def read(self, name: str) -> bytes:
         if self._tar_index is None:
-            return (self.root / name).read_bytes()
+            try:
+                return (self.root / name).read_bytes()
+            except FileNotFoundError:
+                raise MissingFileError(f"{self.root / name}: no such file") from None
         if name not in self._tar_index:
-            raise FileNotFoundError(f"{name} not in {self.root}")
+            raise MissingFileError(f"{name}: no such member in {self.root}")
         if self._handle is None or self._handle[0] != os.getpid():
             handle = tarfile.open(self.root) if self._compressed else open(self.root, "rb")  # noqa: SIM115
             self._handle = (os.getpid(), handle)  # one per process, closed with the process

@@ -1,73 +1,140 @@
-"""Prediction providers for evaluation: saved ``.npy`` files of any method (:class:`SavedPredictions`), or a
-model, ours or released (:class:`ModelPredictor`).
+"""Where evaluation's predictions come from, behind one interface (as MoGe's ``test/baseline.py``).
 
-A ``ModelPredictor`` maps a list of prepared images to float32 (h, w) predictions at the prepared size;
-saved predictions are read at whatever size was saved and mapped by the protocol. Models are loaded by
-:mod:`ppd_lightning.weights` (no Lightning), and run through :class:`~ppd_lightning.models.PixelPerfectDepth`.
+A predictor turns prepared benchmark samples into :class:`Prediction` s at the sample's prepared size:
+
+- :class:`SavedPredictions`: ``.npy`` files saved by any method, read and mapped onto the sample by the
+  protocol; cheap and I/O-bound, so it runs inside the DataLoader's workers (``in_workers``), and it
+  needs no decoded image (``needs_image``);
+- :class:`ModelPredictor`: a :class:`~ppd_lightning.models.PixelPerfectDepth` run in the main process on
+  the device, on batches of equal-size images, with optional test-time ensembling.
+
+``evaluation/run.py`` knows only this interface; a video predictor is a third implementation.
+Models are loaded through the model classes' entry points (no Lightning).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol as Interface
 
 import numpy as np
 import torch
 
-__all__ = ["ModelPredictor", "SavedPredictions", "build_predictor", "prediction_path", "resolve_device"]
+from ppd_lightning.errors import ConfigError, InputError, MissingFileError
+from ppd_lightning.evaluation.files import confine_name
+from ppd_lightning.evaluation.protocols import Prepared, Protocol
+from ppd_lightning.geometry import as_hw
+from ppd_lightning.models.ppd import PixelPerfectDepth
+
+__all__ = [
+    "ModelPredictor",
+    "Prediction",
+    "Predictor",
+    "SavedPredictions",
+    "build_predictor",
+    "prediction_path",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """One sample's prediction at its prepared size. ``path``: the file it was read from (None: computed
+    here, then it must be finite everywhere, and ``save_predictions`` writes it)."""
+
+    depth: np.ndarray  # float32 (h, w)
+    path: Path | None = None
+    spread: np.ndarray | None = None  # ensemble: per-pixel standard deviation across members
+
+    def describe(self, name: str) -> str:
+        return (
+            f"prediction {self.path}" if self.path is not None else f"the model's prediction for image {name}"
+        )
+
+
+class Predictor(Interface):
+    needs_image: bool  # whether samples must decode their image (else only for panels)
+    in_workers: bool  # whether predict_many runs inside the DataLoader's worker processes
+
+    def for_benchmark(self, name: str, protocol: Protocol, several: bool) -> Predictor: ...
+
+    def predict_many(self, samples: Sequence[Prepared]) -> list[Prediction]: ...
 
 
 def prediction_path(root: str | Path, name: str, suffix: str = ".npy") -> Path:
     """``<root>/<rgb relative path with its suffix replaced by .npy>``; a ``name`` that is absolute
     or climbs out of ``root`` is refused (``UnsafeNameError`` naming it)."""
-    from ppd_lightning.evaluation.files import confine_name
-
     return Path(root) / Path(confine_name(name, "image name")).with_suffix(suffix)
 
 
-class SavedPredictions:
-    """Predictions saved by any method as ``<dir>/<rgb path with .npy suffix>`` (float32 H x W)."""
+def read_prediction(path: Path) -> np.ndarray:
+    """A saved prediction: float32 (H, W), from an ``.npy`` of shape HxW, 1xHxW or HxWx1."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - truncated, pickled, .npz, text...: one named error
+        raise InputError(f"prediction {path}: not a readable .npy array ({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise InputError(f"prediction {path}: expected a numeric HxW array, got {got}")
+    return as_hw(arr, f"prediction {path}").astype(np.float32, copy=False)
 
-    def __init__(self, directory: str | Path) -> None:
+
+class SavedPredictions:
+    """Predictions saved by any method as ``<dir>/<rgb path with .npy suffix>`` (float32 H x W), mapped
+    onto the prepared sample by the protocol (the benchmark's crop and resize)."""
+
+    needs_image = False
+    in_workers = True
+
+    def __init__(self, directory: str | Path, protocol: Protocol | None = None, benchmark: str = "") -> None:
         self.directory = Path(directory).expanduser()
         if not self.directory.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"predictions directory {self.directory} does not exist; expected "
                 "<DIR>/<rgb relative path with its suffix replaced by .npy>"
             )
+        self.protocol, self.benchmark = protocol, benchmark
+
+    def for_benchmark(self, name: str, protocol: Protocol, several: bool = False) -> SavedPredictions:
+        """Bound to one benchmark; with several benchmarks, ``<dir>/<name>/`` when it exists."""
+        directory = self.directory / name if several and (self.directory / name).is_dir() else self.directory
+        return SavedPredictions(directory, protocol, name)
 
     def load(self, name: str) -> np.ndarray:
+        """The raw saved array for image ``name`` (not mapped onto any sample)."""
         path = prediction_path(self.directory, name)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no prediction for {name}: expected {path} (float32 HxW .npy, named after the rgb path)"
             )
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - truncated, pickled, .npz, text...: one named error
-            raise ValueError(
-                f"prediction {path}: not a readable .npy array ({type(e).__name__}: {e})"
-            ) from None
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-            got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
-            raise ValueError(f"prediction {path}: expected a numeric HxW array, got {got}")
-        if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
-            arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:2])
-        if arr.ndim != 2 or 0 in arr.shape:
-            raise ValueError(f"prediction {path}: expected an HxW (or HxWx1) array, got shape {arr.shape}")
-        return np.asarray(arr, np.float32)
+        return read_prediction(path)
+
+    def predict_many(self, samples: Sequence[Prepared]) -> list[Prediction]:
+        if self.protocol is None:
+            raise RuntimeError("SavedPredictions.predict_many before for_benchmark()")  # a bug, not input
+        out = []
+        for p in samples:
+            path = prediction_path(self.directory, p.name)
+            depth = self.protocol.map_prediction(self.load(p.name), p, self.benchmark, source=str(path))
+            out.append(Prediction(depth, path=path))
+        return out
 
 
 class ModelPredictor:
-    """Runs ``model.infer`` on prepared images, with optional test-time ensembling.
+    """Runs ``model.infer`` on prepared images, batched by size, with optional test-time ensembling.
 
     ``ensemble = N > 1`` runs N samplings with noise seeds ``seed, seed + 1, ...`` and returns the
     per-pixel median (mean of the two middle values for even N) and the per-pixel standard
     deviation across members as the spread.
     """
+
+    needs_image = True
+    in_workers = False
 
     def __init__(
         self,
@@ -77,9 +144,10 @@ class ModelPredictor:
         ensemble: int = 1,
         seed: int = 0,
         infer_area: int | None = None,
+        upsample: str = "nearest",
     ) -> None:
         if ensemble < 1:
-            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+            raise ConfigError(f"ensemble must be >= 1, got {ensemble}")
         self.model = model.to(device).eval()
         self.device = device
         self.steps, self.ensemble, self.seed, self.infer_area = (
@@ -88,13 +156,28 @@ class ModelPredictor:
             int(seed),
             infer_area,
         )
+        self.upsample = upsample  # infer's output_mode: working size -> the prepared image's size
+
+    def for_benchmark(self, name: str, protocol: Protocol, several: bool = False) -> ModelPredictor:
+        return self
+
+    def predict_many(self, samples: Sequence[Prepared]) -> list[Prediction]:
+        out: list[Prediction | None] = [None] * len(samples)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(samples):
+            groups.setdefault(p.image.shape, []).append(i)
+        for idx in groups.values():
+            preds, spreads = self.predict([samples[i].image for i in idx])
+            for j, i in enumerate(idx):
+                out[i] = Prediction(preds[j], spread=spreads[j])
+        return out  # type: ignore[return-value]
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
         """uint8 (h, w, 3) images of one size -> (predictions, spreads) as float32 (h, w) arrays."""
         x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)) for im in images]).to(self.device)
         x = x.permute(0, 3, 1, 2).float() / 255.0
-        kwargs = {"steps": self.steps}
+        kwargs = {"steps": self.steps, "output_mode": self.upsample}
         if self.infer_area is not None:
             kwargs["area"] = int(self.infer_area)
         members = []
@@ -121,46 +204,24 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def released_model(dit: str, semantics: str | None) -> torch.nn.Module:
-    """A released DiT (``ppd.pth``, or an exported ``.safetensors``) with its optional encoder."""
-    from ppd_lightning.models import PixelPerfectDepth
-    from ppd_lightning.weights import load_dit, load_semantic_encoder
-
-    dit_module = load_dit(dit)
-    encoder = load_semantic_encoder(semantics) if semantics else None
-    return PixelPerfectDepth(dit_module, encoder)
-
-
-def checkpoint_model(path: str, use_ema: bool = True) -> torch.nn.Module:
-    """One of our training checkpoints, rebuilt without Lightning."""
-    from ppd_lightning.weights import load_model_from_checkpoint
-
-    return load_model_from_checkpoint(path, use_ema=use_ema, map_location="cpu")
-
-
-def build_predictor(cfg: dict) -> SavedPredictions | ModelPredictor:
-    """Exactly one of ``predictions``, ``ckpt`` or ``official.dit`` selects where predictions come from."""
-    official = cfg.get("official") or {}
-    chosen = [k for k, v in (("predictions", cfg.get("predictions")), ("ckpt", cfg.get("ckpt")),
-                             ("official.dit", official.get("dit"))) if v]  # fmt: skip
+def build_predictor(cfg) -> Predictor:
+    """Exactly one of ``predictions``, ``ckpt`` or ``official.dit`` selects where predictions come from
+    (``cfg``: an :class:`~ppd_lightning.evaluation.config.EvaluateConfig`)."""
+    sources = (("predictions", cfg.predictions), ("ckpt", cfg.ckpt), ("official.dit", cfg.official.dit))
+    chosen = [k for k, v in sources if v]
     if len(chosen) != 1:
-        raise ValueError(
+        raise ConfigError(
             "choose exactly one prediction source: predictions=<DIR> (saved .npy of any method), "
-            "ckpt=<our checkpoint>, or official.dit=<ppd.pth> official.semantics=<depth_anything_v2_vitl.pth>"
+            "ckpt=<our checkpoint>, or official.dit=<ppd.pth> official.semantics=<depth_anything_v2_vitl.pth> "
+            "(or a released name: official.dit=ppd)"
             + (f" (got {', '.join(chosen)})" if chosen else "")
         )
     if chosen[0] == "predictions":
-        return SavedPredictions(cfg["predictions"])
-    device = resolve_device(cfg.get("device"))
+        return SavedPredictions(cfg.predictions)
     if chosen[0] == "ckpt":
-        model = checkpoint_model(cfg["ckpt"], use_ema=bool(cfg.get("use_ema", True)))
+        model = PixelPerfectDepth.from_checkpoint(cfg.ckpt, use_ema=cfg.use_ema)
     else:
-        model = released_model(official["dit"], official.get("semantics"))
+        model = PixelPerfectDepth.from_released(cfg.official.dit, cfg.official.semantics)
     return ModelPredictor(
-        model,
-        device,
-        steps=int(cfg.get("steps", 4)),
-        ensemble=int(cfg.get("ensemble", 1)),
-        seed=int(cfg.get("seed", 0)),
-        infer_area=cfg.get("infer_area"),
+        model, resolve_device(cfg.device), cfg.steps, cfg.ensemble, cfg.seed, cfg.infer_area, cfg.upsample
     )

@@ -6,22 +6,18 @@ prediction is clipped to the benchmark's ``[min_depth, max_depth]`` and to ``>= 
 ``ppd`` (the released Pixel-Perfect Depth evaluation): RANSAC in ``log(d + 1)`` space
 (:func:`~ppd_lightning.evaluation.align.align_log_ransac`), clipped to ``[1e-3, max gt]``.
 
-Per benchmark (valid = ``min_depth < d < max_depth`` and the reader's own validity):
+Per benchmark (valid = ``min_depth < d < max_depth`` and the reader's own validity), the settings are the
+:data:`PROTOCOLS` table at the end of this file, and only there: ranges, crops (KITTI's 352x1216 and Eigen
+masks, NYUv2's Eigen crop under ``marigold``), ETH3D's resize under ``ppd``, DIODE's gradient mask.
 
-=========  =============================================  =========================================
-benchmark  marigold                                       ppd
-=========  =============================================  =========================================
-nyuv2      (1e-3, 10), Eigen crop mask [45:471, 41:601]   (0.1, 10), no crop
-kitti      352x1216 bottom-centred crop, (1e-5, 80),      same crop and Eigen mask, (0.1, 80)
-           Eigen mask rows [0.3324324 H, 0.91351351 H),
-           cols [0.0359477 W, 0.96405229 W)
-eth3d      (1e-5, inf); scale/shift fitted on the maps    image/gt resized to 2048x1360 (area /
-           brought down (nearest) to <= 1024 px a side    nearest) first, > 0.01
-scannet    (1e-3, 10)                                     (0.01, 10)
-diode      its mask, (0.6, 350) as Marigold's loader      mask, (0.6, 350), Sobel |dx|+|dy| of the
-                                                          depth > 0.3 excluded
-hypersim   (1e-3, 65)                                     (0.01, 65)
-=========  =============================================  =========================================
+ETH3D under ``marigold`` (``alignment_max_res = 1024``): Marigold's ``align_depth_least_square``
+brings the maps down with ``torch.nn.Upsample(scale_factor=s, mode="nearest")``,
+``s = min(1024 / H, 1024 / W)``, applied to ``torch.as_tensor(x).unsqueeze(0)``, a (1, H, W) tensor.
+``Upsample`` reads a 3-D tensor as (N, C, L) and resamples only L: the width goes to ``floor(W * s)``
+columns and every row is kept, so a 4032 x 6048 map is fitted at 4032 x 1024 (not 683 x 1024) and a
+portrait 6048 x 4032 one at 6048 x 682. The fit looks one-dimensional because it is, in Marigold's
+code; reproducing it (:func:`~ppd_lightning.evaluation.align.align_least_squares`) is what makes our
+ETH3D numbers Marigold's (AbsRel and delta1 to 1e-6 in ``tests/evaluation/test_protocols.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +32,7 @@ import torch
 
 from ppd_lightning.evaluation.align import align_least_squares, align_log_ransac
 from ppd_lightning.evaluation.datasets import Sample
+from ppd_lightning.geometry import as_hw
 
 __all__ = ["PROTOCOLS", "BenchmarkSpec", "Prepared", "Protocol", "get_protocol"]
 
@@ -50,8 +47,8 @@ class BenchmarkSpec:
     eigen_mask: str | None = None  # "nyu" or "kitti"
     resize: tuple[int, int] | None = None  # (W, H): image INTER_AREA, gt INTER_NEAREST, before all else
     grad_threshold: float | None = None  # exclude Sobel |dx| + |dy| of the depth above this
-    # least squares: fit on maps brought down (nearest) to at most this side, apply at full size
-    # (Marigold's --alignment_max_res, 1024 for ETH3D)
+    # least squares: fit on maps brought down as Marigold's --alignment_max_res does (1024 for ETH3D:
+    # nearest, the width only, see the module docstring), applied at full size
     alignment_max_res: int | None = None
 
 
@@ -164,11 +161,7 @@ class Protocol:
         ground truth; one already at the prepared size is used as is; any other size is resized to
         the prepared size (``pred_interpolation``) with a warning.
         """
-        pred = np.asarray(pred, np.float32)
-        if pred.ndim == 3 and 1 in (pred.shape[0], pred.shape[-1]):
-            pred = pred.reshape(pred.shape[1:] if pred.shape[0] == 1 else pred.shape[:2])
-        if pred.ndim != 2:
-            raise ValueError(f"prediction {source or prepared.name} must be HxW, got {pred.shape}")
+        pred = as_hw(pred, f"prediction {source or prepared.name}").astype(np.float32, copy=False)
         target = prepared.depth.shape
         if pred.shape == target:
             return pred

@@ -12,7 +12,8 @@ paper's ablation table):
   ``coarse_depth`` blocks, resized bilinearly to the token grid when the grids differ.
 * ``vanilla`` (DiT): every block on p x p patches, no semantics.
 
-Blocks are adaLN-Zero DiT blocks with per-head qk-LayerNorm and 2D rotary position embeddings; the
+Blocks are adaLN-Zero DiT blocks with per-head qk-LayerNorm and 2D rotary position embeddings (the video
+DiT, ``video_dit.py``, runs the same blocks, fusion and output layer without RoPE); the
 initialisation zeroes every modulation and the output layer, so each block starts as the identity and
 the network as the zero velocity. Parameter names follow the released ``ppd.pth`` (without its ``dit.``
 prefix) so the released weights load without any key mapping.
@@ -21,7 +22,7 @@ prefix) so the released weights load without any key mapping.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -69,35 +70,48 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
+class RopeTables(NamedTuple):
+    """cos and sin of every token's rotation angles, (N, head_dim) each: 2D RoPE at given positions."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
 class Rope2D(nn.Module):
     """2D rotary position embedding: the first half of each head's channels is rotated by the token's row,
     the second half by its column; inside each half, channel i pairs with channel i + quarter.
 
-    Tables depend only on (grid, head_dim, device) and are cached, so a forward pass builds them once.
+    Positions are a token grid (rows x cols, row-major; the DiT) or explicit per-token (row, col)
+    positions given as :class:`RopeTables` from :meth:`tables_at` (Pi3's decoder, whose register tokens
+    sit at (0, 0) and patches at (row + 1, col + 1)). Grid tables depend only on (grid, head_dim, device)
+    and are cached, so a forward pass builds them once.
     """
 
     def __init__(self, base: float = 100.0):
         super().__init__()
         self.base = base
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple, RopeTables] = {}
 
-    def tables(
-        self, grid_h: int, grid_w: int, head_dim: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables_at(self, rows: torch.Tensor, cols: torch.Tensor, head_dim: int) -> RopeTables:
+        """Tables for tokens at (rows[i], cols[i]) (1-D tensors of the same length)."""
+        if head_dim % 4:
+            raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
+        axis_dim = head_dim // 2
+        device = rows.device
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, axis_dim, 2, device=device).float() / axis_dim))
+        angles = []
+        for pos in (rows, cols):
+            a = pos.float()[:, None] * inv_freq[None]  # (N, axis_dim / 2)
+            angles.append(torch.cat([a, a], dim=-1))
+        angle = torch.cat(angles, dim=-1)  # (N, head_dim)
+        return RopeTables(angle.cos(), angle.sin())
+
+    def tables(self, grid_h: int, grid_w: int, head_dim: int, device: torch.device) -> RopeTables:
         key = (grid_h, grid_w, head_dim, str(device))
         if key not in self._cache:
-            if head_dim % 4:
-                raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
-            axis_dim = head_dim // 2
-            inv_freq = 1.0 / (self.base ** (torch.arange(0, axis_dim, 2, device=device).float() / axis_dim))
             rows = torch.arange(grid_h, device=device, dtype=torch.float32).repeat_interleave(grid_w)
             cols = torch.arange(grid_w, device=device, dtype=torch.float32).repeat(grid_h)
-            angles = []
-            for pos in (rows, cols):
-                a = pos[:, None] * inv_freq[None]  # (N, axis_dim / 2)
-                angles.append(torch.cat([a, a], dim=-1))
-            angle = torch.cat(angles, dim=-1)  # (N, head_dim)
-            self._cache[key] = (angle.cos(), angle.sin())
+            self._cache[key] = self.tables_at(rows, cols, head_dim)
         return self._cache[key]
 
     @staticmethod
@@ -107,13 +121,18 @@ class Rope2D(nn.Module):
         x = x.reshape(*lead, 2, 2, d // 4)
         return torch.stack([-x[..., 1, :], x[..., 0, :]], dim=-2).reshape(*lead, d)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        cos, sin = self.tables(grid[0], grid[1], x.shape[-1], x.device)
+    def forward(self, x: torch.Tensor, where: tuple[int, int] | RopeTables) -> torch.Tensor:
+        """x (..., N, head_dim); ``where``: the (rows, cols) token grid or the tables of N positions."""
+        cos, sin = where if isinstance(where, RopeTables) else self.tables(*where, x.shape[-1], x.device)
         return x * cos.to(x.dtype) + self.rotate(x) * sin.to(x.dtype)
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, rope: Rope2D):
+    """Multi-head self-attention with qkv bias and per-head qk-LayerNorm, then 2D RoPE when ``rope`` is
+    given (the image DiT, Pi3's decoder); without it, the positions are added to the tokens beforehand
+    (the video DiT's absolute embedding)."""
+
+    def __init__(self, dim: int, num_heads: int, rope: Rope2D | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
@@ -125,11 +144,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | RopeTables | None = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q = self.rope(self.q_norm(q), grid)
-        k = self.rope(self.k_norm(k), grid)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            q, k = self.rope(q, grid), self.rope(k, grid)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
@@ -148,7 +168,7 @@ class Mlp(nn.Module):
 class DiTBlock(nn.Module):
     """adaLN-Zero: the timestep embedding sets shift, scale and a gate for attention and for the MLP."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: Rope2D):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: Rope2D | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, rope)
@@ -156,7 +176,7 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1), grid)
         return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -181,6 +201,39 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def fusion_mlp(hidden_size: int, semantic_dim: int, out_dim: int) -> nn.Sequential:
+    """The semantic fusion MLP (``proj_fusion``): [tokens, semantics] -> 4h -> 4h -> ``out_dim``, SiLU between."""
+    return nn.Sequential(
+        nn.Linear(hidden_size + semantic_dim, 4 * hidden_size),
+        nn.SiLU(),
+        nn.Linear(4 * hidden_size, 4 * hidden_size),
+        nn.SiLU(),
+        nn.Linear(4 * hidden_size, out_dim),
+    )
+
+
+def fuse_semantics(proj_fusion: nn.Module, x: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:
+    """Tokens (B, N, D) and raw semantic tokens (B, N, C) on the same grid -> the fusion MLP's output."""
+    semantics = F.normalize(semantics, dim=-1)
+    return proj_fusion(torch.cat([x, semantics.to(x.dtype)], dim=-1))
+
+
+def unfold_coarse(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w, 4*D) fused coarse tokens -> (B, 2h*2w, D) fine tokens, row-major on the fine grid: each
+    coarse token's channels are ordered (row, col, D) over its 2 x 2 fine tokens."""
+    B, _, D4 = x.shape
+    h, w = grid
+    x = x.reshape(B, h, w, 2, 2, D4 // 4).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, 4 * h * w, D4 // 4)
+
+
+def unpatchify(x: torch.Tensor, H: int, W: int, patch_size: int, channels: int) -> torch.Tensor:
+    """(B, H/p * W/p, p*p*c) per-patch outputs -> (B, c, H, W)."""
+    p, c = patch_size, channels
+    x = x.reshape(x.shape[0], H // p, W // p, p, p, c).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(x.shape[0], c, H, W)
 
 
 class CascadeSPDiT(nn.Module):
@@ -233,13 +286,7 @@ class CascadeSPDiT(nn.Module):
         )
         if self.uses_semantics:
             fused = hidden_size * (4 if variant == "cascade" else 1)
-            self.proj_fusion = nn.Sequential(
-                nn.Linear(hidden_size + semantic_dim, 4 * hidden_size),
-                nn.SiLU(),
-                nn.Linear(4 * hidden_size, 4 * hidden_size),
-                nn.SiLU(),
-                nn.Linear(4 * hidden_size, fused),
-            )
+            self.proj_fusion = fusion_mlp(hidden_size, semantic_dim, fused)
         self.final_layer = FinalLayer(hidden_size, patch_size, out_channels)
         self.initialize_weights()
 
@@ -334,26 +381,18 @@ class CascadeSPDiT(nn.Module):
     def _fuse(
         self, x: torch.Tensor, semantics: torch.Tensor, grid: tuple[int, int], image_hw
     ) -> torch.Tensor:
-        B, _, D = x.shape
+        B = x.shape[0]
         sem_grid = (image_hw[0] // SEMANTIC_STRIDE, image_hw[1] // SEMANTIC_STRIDE)
         if sem_grid != grid:
             # Bring the semantic tokens onto the DiT's token grid (SP-DiT, or a non-default patch size).
             s = semantics.transpose(1, 2).reshape(B, -1, *sem_grid)
             s = F.interpolate(s.float(), size=grid, mode="bilinear", align_corners=False).to(semantics.dtype)
             semantics = s.flatten(2).transpose(1, 2)
-        semantics = F.normalize(semantics, dim=-1)
-        x = self.proj_fusion(torch.cat([x, semantics.to(x.dtype)], dim=-1))
-        if self.variant != "cascade":
-            return x
-        # Unfold each coarse token into its 2x2 fine tokens; the fused channels are ordered (row, col, D).
-        h, w = grid
-        x = x.reshape(B, h, w, 2, 2, D).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(B, 4 * h * w, D)
+        x = fuse_semantics(self.proj_fusion, x, semantics)
+        return unfold_coarse(x, grid) if self.variant == "cascade" else x
 
     def unpatchify(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        p, c = self.patch_size, self.out_channels
-        x = x.reshape(x.shape[0], H // p, W // p, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(x.shape[0], c, H, W)
+        return unpatchify(x, H, W, self.patch_size, self.out_channels)
 
     def forward(
         self, x_t: torch.Tensor, image: torch.Tensor, semantics: torch.Tensor | None, t: torch.Tensor

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppd_lightning.errors import InputError
 from ppd_lightning.flow import TARGET_SHIFT, EulerSampler, depth_from_x0
 from ppd_lightning.models.dit import CascadeSPDiT
 from ppd_lightning.models.semantics import SemanticEncoder
+from ppd_lightning.upsampling import UPSAMPLE_MODES, resize_depth
 
 TRAIN_AREA = 1024 * 768  # the released model's second training stage
+# infer's "edge" upsampling: neighbouring values of the normalised log depth within this lie on one surface
+# (about a 5 % depth ratio when the image's 2-98 % depth range is 2-80 m: 1 unit = ln(81/3) = 3.3)
+EDGE_ATOL = 0.015
 
 
 def fit_to_area(height: int, width: int, area: int, multiple: int) -> tuple[int, int]:
@@ -61,6 +67,37 @@ class PixelPerfectDepth(nn.Module):
             raise ValueError(f"working area must be a positive number of pixels, got {area}")
         self.area = int(area)
 
+    # The two ways to get a ready model from files. The readers live in ppd_lightning.weights (models/
+    # know no file formats), imported here, inside the constructors: the one doorway from models to weights.
+    @classmethod
+    def from_released(
+        cls,
+        dit: str | os.PathLike,
+        semantics: str | os.PathLike | None = None,
+        steps: int = 4,
+        **dit_overrides,
+    ) -> PixelPerfectDepth:
+        """A released model from its two files (``ppd.pth`` + ``depth_anything_v2_vitl.pth``, or
+        ``ppd_moge.pth`` + ``moge2.pt``), or a released model's name (``"ppd"``, ``"ppd-moge2"``) as
+        ``dit`` with ``semantics=None``; sizes inferred from the weights, eval mode."""
+        from ppd_lightning.weights.released import load_pixel_perfect_depth
+
+        return load_pixel_perfect_depth(dit, semantics, steps=steps, **dit_overrides)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        use_ema: bool = True,
+        map_location: str | torch.device = "cpu",
+        encoder_weights: str | os.PathLike | None = None,
+    ) -> PixelPerfectDepth:
+        """One of our training checkpoints (its EMA DiT by default; the encoder rebuilt from its recorded
+        spec, or from ``encoder_weights``), working at the recorded training area, eval mode."""
+        from ppd_lightning.weights.checkpoints import load_model_from_checkpoint
+
+        return load_model_from_checkpoint(path, use_ema, map_location, encoder_weights)
+
     @property
     def size_multiple(self) -> int:
         return self.dit.size_multiple
@@ -100,24 +137,37 @@ class PixelPerfectDepth(nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         area: int | None = None,
-        output_mode: str = "nearest-exact",
+        output_mode: str = "edge",
     ) -> torch.Tensor:
         """Any-size image (B,3,H,W) in [0,1] -> depth (B,1,H,W) at the input size.
 
         The image is resized with antialiased bilinear filtering; the prediction comes back with
-        ``output_mode`` (nearest by default: interpolating depth across an edge invents flying pixels).
-        ``noise``, if given, must have the working size (see ``working_size``). ``area`` overrides
-        the model's working area for this call.
+        ``output_mode``: ``"edge"`` (default; ``upsampling.edge_aware_upsample`` guided by the image: no
+        value between two surfaces, edges where the image has them), ``"bilinear"`` (the release; flying
+        pixels at depth edges) or ``"nearest"`` (staircases). ``noise``, if given, must have the working
+        size (see ``working_size``). ``area`` overrides the model's working area for this call.
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1], got {tuple(image.shape)}")
+        if output_mode not in UPSAMPLE_MODES:
+            raise InputError(f"output_mode must be one of {', '.join(UPSAMPLE_MODES)}, got {output_mode!r}")
         H, W = image.shape[-2:]
-        h, w = self.working_size(H, W, area)
-        x = image if (h, w) == (H, W) else F.interpolate(image, (h, w), mode="bilinear", antialias=True)
-        depth = self.sample(x.clamp(0, 1), steps=steps, noise=noise, generator=generator)
+        x = self.working_image(image, area)
+        h, w = x.shape[-2:]
+        depth = self.sample(x, steps=steps, noise=noise, generator=generator)
         if (h, w) != (H, W):
-            depth = F.interpolate(depth, (H, W), mode=output_mode)
+            # the depth is normalised log depth: one surface = values within EDGE_ATOL (absolute)
+            edge = dict(guide_low=x, rtol=0.0, atol=EDGE_ATOL) if output_mode == "edge" else {}
+            depth = resize_depth(depth, (H, W), output_mode, guide=image, **edge)
         return depth
 
     def working_size(self, height: int, width: int, area: int | None = None) -> tuple[int, int]:
         return fit_to_area(height, width, self.area if area is None else area, self.size_multiple)
+
+    def working_image(self, image: torch.Tensor, area: int | None = None) -> torch.Tensor:
+        """The image (B,3,H,W) as ``infer`` samples it: resized to ``working_size`` (antialiased bilinear),
+        clamped to [0, 1] (MoGe-2's geometry for point clouds runs on it too, as in the release)."""
+        H, W = image.shape[-2:]
+        h, w = self.working_size(H, W, area)
+        x = image if (h, w) == (H, W) else F.interpolate(image, (h, w), mode="bilinear", antialias=True)
+        return x.clamp(0, 1)

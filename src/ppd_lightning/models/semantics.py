@@ -12,6 +12,11 @@ gives different numbers). What differs is the pre-processing and the read-out:
   (H/16*14, W/16*14), then ImageNet normalisation; for each chosen block (``intermediate_layers``: an
   int n = the last n blocks, or a list of block indices) its output normed by the final LayerNorm,
   patch tokens through that block's 1x1 projection to ``dim_out``, summed over the chosen blocks.
+- ``kind="pi3"`` (Pi3's DINOv2 with registers, the encoder half of PPVD's semantics, see ``models/pi3.py``):
+  bilinear resize without antialias to (H/16*14, W/16*14), then ImageNet normalisation; ``registers``
+  register tokens after the class token (they get no position embedding); the position embedding resized
+  to the exact grid (``interpolate_offset=0.0``) with an antialiased bicubic filter (``pos_antialias``);
+  the final-norm patch tokens of the last block (width ``embed_dim``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-ENCODER_KINDS = ("da2", "moge2")
+ENCODER_KINDS = ("da2", "moge2", "pi3")
 
 # DINOv2 family sizes (embed_dim, depth, num_heads). Every member has 64-dim heads.
 DINOV2_SIZES: dict[str, tuple[int, int, int]] = {
@@ -89,11 +94,13 @@ class SemanticEncoder(nn.Module):
         kind: str = "da2",
         intermediate_layers: int | list[int] | None = None,
         dim_out: int | None = None,
+        registers: int = 0,
+        pos_antialias: bool = False,
     ):
         super().__init__()
         if kind not in ENCODER_KINDS:
             raise ValueError(f"unknown semantic encoder kind {kind!r}; expected one of {ENCODER_KINDS}")
-        if kind == "da2" and (intermediate_layers is not None or dim_out not in (None, embed_dim)):
+        if kind in ("da2", "pi3") and (intermediate_layers is not None or dim_out not in (None, embed_dim)):
             raise ValueError(
                 "intermediate_layers/dim_out are MoGe-2 settings: use kind='moge2' (Depth Anything V2's "
                 "encoder reads out the last block at the ViT's width)"
@@ -115,8 +122,16 @@ class SemanticEncoder(nn.Module):
             num_classes=0,
             global_pool="",
             dynamic_img_size=True,  # non-strict patch embedding; we add position embeddings ourselves
+            reg_tokens=registers,
             **extra,
         )
+        if registers:
+            # DINOv2's registers get no position (timm's layout would give them one): forward adds the
+            # positions itself, so the parameter keeps DINOv2's (1, 1 + grid0^2, C) shape and name.
+            grid0 = img_size // patch_size
+            self.vit.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid0 * grid0, embed_dim))
+        self.registers = int(registers)
+        self.pos_antialias = bool(pos_antialias)
         self.embed_dim, self.patch_size, self.stride = embed_dim, patch_size, stride
         self.interpolate_offset = interpolate_offset
         self.kind = kind
@@ -133,6 +148,8 @@ class SemanticEncoder(nn.Module):
             interpolate_offset=float(interpolate_offset),
             stride=stride,
         )
+        if registers or pos_antialias:  # only then: the specs of da2/moge2 encoders stay as recorded
+            self._arch.update(registers=self.registers, pos_antialias=self.pos_antialias)
         if kind == "moge2":
             self.layers = resolve_layers(intermediate_layers, depth)
             self.dim_out = int(dim_out)
@@ -200,8 +217,12 @@ class SemanticEncoder(nn.Module):
             out = pos
         else:
             patch = pos[:, 1:].float().reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
-            scale = ((grid_h + self.interpolate_offset) / g0, (grid_w + self.interpolate_offset) / g0)
-            patch = F.interpolate(patch, scale_factor=scale, mode="bicubic", antialias=False)
+            if self.interpolate_offset:  # DINOv2: a scale factor when there is an offset, else the size
+                scale = ((grid_h + self.interpolate_offset) / g0, (grid_w + self.interpolate_offset) / g0)
+                resize = dict(scale_factor=scale)
+            else:
+                resize = dict(size=(grid_h, grid_w))
+            patch = F.interpolate(patch, mode="bicubic", antialias=self.pos_antialias, **resize)
             if patch.shape[-2:] != (grid_h, grid_w):
                 raise RuntimeError(
                     f"position embedding resized to {tuple(patch.shape[-2:])}, not {(grid_h, grid_w)}"
@@ -219,19 +240,23 @@ class SemanticEncoder(nn.Module):
         if H % self.stride or W % self.stride:
             raise ValueError(f"image height and width must be multiples of {self.stride}, got {H}x{W}")
         gh, gw = H // self.stride, W // self.stride
-        size = (gh * self.patch_size, gw * self.patch_size)
-        if self.kind == "da2":  # normalise, then bicubic
-            x = (image.float() - self.mean) / self.std
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
-        else:  # MoGe-2: antialiased bilinear, then normalise
-            x = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-            x = (x - self.mean) / self.std
-        vit = self.vit
-        x = vit.patch_embed(x.to(vit.cls_token.dtype)).flatten(1, 2)  # (B, N, C)
-        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self._pos_embed(gh, gw)
+        if self.projections is not None:  # MoGe-2: projected intermediate layers
+            return self.layer_features(image, gh, gw)[0].flatten(2).transpose(1, 2)  # (B, gh*gw, dim_out)
+        return self.vit.norm(self.vit.blocks(self._embed(image, gh, gw)))[:, 1 + self.registers :]
+
+    @torch.no_grad()
+    def layer_features(
+        self, image: torch.Tensor, grid_h: int, grid_w: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MoGe-2's read-out (``kind="moge2"``) on a ``grid_h`` x ``grid_w`` token grid of the caller's
+        choice (MoGe-2's geometry picks its grid from a token budget, not H/16 x W/16).
+
+        Returns the summed projections (B, dim_out, grid_h, grid_w) and the class token (B, embed_dim)
+        of the last chosen block, normed by the final LayerNorm (what MoGe-2's scale head reads)."""
         if self.projections is None:
-            return vit.norm(vit.blocks(x))[:, 1:]
+            raise ValueError(f"layer_features is MoGe-2's read-out: this encoder is kind={self.kind!r}")
+        vit, prefix = self.vit, 1 + self.registers
+        x = self._embed(image, grid_h, grid_w)
         out = None
         chosen = iter(zip(self.layers, self.projections))
         layer, proj = next(chosen)
@@ -239,8 +264,30 @@ class SemanticEncoder(nn.Module):
             x = block(x)
             if i != layer:
                 continue
-            tokens = vit.norm(x)[:, 1:].transpose(1, 2).unflatten(2, (gh, gw))  # (B, C, gh, gw)
+            normed = vit.norm(x)
+            tokens = normed[:, prefix:].transpose(1, 2).unflatten(2, (grid_h, grid_w))  # (B, C, gh, gw)
             y = proj(tokens.to(proj.weight.dtype))
             out = y if out is None else out + y
             layer, proj = next(chosen, (None, None))
-        return out.flatten(2).transpose(1, 2)  # (B, gh*gw, dim_out)
+        return out, normed[:, 0]
+
+    def _embed(self, image: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        """The kind's pre-processing to (gh*14, gw*14), patch embedding, class token, positions for a
+        gh x gw grid, registers: the tokens entering the first block."""
+        size = (gh * self.patch_size, gw * self.patch_size)
+        if self.kind == "da2":  # normalise, then bicubic
+            x = (image.float() - self.mean) / self.std
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        else:  # MoGe-2: antialiased bilinear, Pi3: plain bilinear; then normalise
+            antialias = self.kind == "moge2"
+            x = F.interpolate(
+                image.float(), size=size, mode="bilinear", align_corners=False, antialias=antialias
+            )
+            x = (x - self.mean) / self.std
+        vit = self.vit
+        x = vit.patch_embed(x.to(vit.cls_token.dtype)).flatten(1, 2)  # (B, N, C)
+        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self._pos_embed(gh, gw)
+        if self.registers:  # class token, registers, patches
+            x = torch.cat([x[:, :1], vit.reg_token.expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1:]], dim=1)
+        return x

@@ -11,9 +11,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 from ppd_lightning import atomic
 
@@ -29,68 +28,94 @@ def _step(row: dict) -> int | None:
         return None
 
 
-class _ResumedWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that a resumed run keeps the rows of ``metrics.csv`` logged before
-    its first step (Lightning deletes the file), and every rewrite of the file is atomic."""
+class ResumableCSVLogger(Logger):
+    """Metrics as ``<save_dir>/<name>/<version>/metrics.csv``, one row per logged step, built on Lightning's
+    public ``Logger`` interface only (Lightning's ``CSVLogger`` deletes an existing file, and changing that
+    meant overriding its private methods, which any Lightning release may rename).
 
-    def __init__(self, log_dir: str, resume: bool):
-        self._resume = resume
-        self._history: list[dict[str, Any]] | None = None
-        super().__init__(log_dir=log_dir)
-        if resume and os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as f:
-                reader = csv.DictReader(f)
-                # a run killed in the middle of an append leaves a partial last row: no usable step, or
-                # more fields than the header (DictReader's None key)
-                self._history = [r for r in reader if None not in r and _step(r) is not None]
-                self.metrics_keys = list(reader.fieldnames or [])
-            if not self.metrics_keys:  # no header: nothing to keep
-                self._history = None
-                os.remove(self.metrics_file_path)
+    A fresh run (``resume=False``) starts the file anew. A resumed run (``train.py`` sets ``resume`` when it
+    resumes from a checkpoint) keeps the rows logged before its first step and replaces the later ones,
+    which the killed run logged past its checkpoint and this run logs again; a partial last row (a run
+    killed mid-write) is dropped. The file is rewritten atomically at every ``save`` (Lightning calls it
+    every ``flush_logs_every_n_steps`` steps, at every checkpoint and at the end), so a killed run's file
+    holds at least every row up to the checkpoint it will be resumed from.
+    """
 
-    def _check_log_dir_exists(self) -> None:
-        if not self._resume:  # a fresh run: Lightning's behaviour (warn, delete the old metrics.csv)
-            super()._check_log_dir_exists()
-
-    def save(self) -> None:
-        if self._history is not None and self.metrics:
-            # rows the interrupted run logged at or after the step this run starts logging from are
-            # logged again by this run: keep only the earlier ones
-            first = min(int(m["step"]) for m in self.metrics)
-            kept = [r for r in self._history if _step(r) < first]
-            self._write_all(self.metrics_keys, kept)
-            self._history = None
-        super().save()
-
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-        with open(self.metrics_file_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        self._write_all(fieldnames, rows)
-
-    def _write_all(self, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic.write_text(self.metrics_file_path, buf.getvalue())
-
-
-class ResumableCSVLogger(CSVLogger):
-    """``CSVLogger`` that continues ``metrics.csv`` when ``resume`` is set (``train.py`` sets it when it
-    resumes from a checkpoint), and flushes at every checkpoint save, so a killed run's file holds at least
-    every row up to the checkpoint it will be resumed from."""
-
-    def __init__(self, *args, resume: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        name: str = "csv",
+        version: str = "",
+        resume: bool = False,
+        flush_logs_every_n_steps: int = 100,
+    ):
+        super().__init__()
+        self._save_dir, self._name, self._version = str(save_dir), str(name), str(version)
         self.resume = bool(resume)
+        self.flush_every = int(flush_logs_every_n_steps)
+        self._rows: list[dict[str, Any]] = []
+        self._history: list[dict[str, Any]] | None = None  # rows of the run being resumed, read lazily
 
     @property
-    @rank_zero_experiment
-    def experiment(self) -> _ResumedWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ResumedWriter(log_dir=self.log_dir, resume=self.resume)
-        return self._experiment
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self._save_dir, self._name, self._version)
+
+    @property
+    def metrics_file(self) -> Path:
+        return Path(self.log_dir) / "metrics.csv"
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # recorded in <run dir>/config.yaml and in every checkpoint
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+        row["step"] = step if step is not None else len(self._rows)
+        self._rows.append(row)
+        if self.flush_every > 0 and len(self._rows) % self.flush_every == 0:
+            self.save()
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        if not (self.resume and self.metrics_file.is_file()):
+            return []
+        with open(self.metrics_file, newline="") as f:
+            # a partial last row has no usable step, or more fields than the header (DictReader's None key)
+            return [r for r in csv.DictReader(f) if None not in r and _step(r) is not None]
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self._rows:
+            return
+        if self._history is None:
+            first = min(int(r["step"]) for r in self._rows)
+            self._history = [r for r in self._read_history() if _step(r) < first]
+        rows = self._history + self._rows
+        keys: dict[str, None] = {}
+        for r in rows:
+            keys.update(dict.fromkeys(r))
+        fields = [k for k in keys if k != "step"] + ["step"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic.write_text(self.metrics_file, buf.getvalue())
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         self.save()

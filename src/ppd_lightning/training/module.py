@@ -20,11 +20,12 @@ from torch import nn
 from ppd_lightning.errors import DivergenceError
 from ppd_lightning.evaluation.align import align_log_ransac
 from ppd_lightning.evaluation.metrics import DepthMetrics
-from ppd_lightning.flow import DepthTargetTransform, LogitNormalTimesteps
+from ppd_lightning.flow import LogitNormalTimesteps
 from ppd_lightning.losses import semantic_alignment_loss
 from ppd_lightning.models import CascadeSPDiT, PixelPerfectDepth
-from ppd_lightning.objective import training_loss
-from ppd_lightning.weights import METADATA_KEY, build_semantic_encoder, training_metadata
+from ppd_lightning.objective import DepthTargetTransform, training_loss
+from ppd_lightning.weights.checkpoints import METADATA_KEY, training_metadata
+from ppd_lightning.weights.encoders import build_semantic_encoder
 
 
 class EMA:
@@ -237,9 +238,6 @@ class PPDLightningModule(L.LightningModule):
         self.corrupt_samples = counters.get("corrupt_samples", 0)
         size = (checkpoint.get(METADATA_KEY) or {}).get("train_size")
         self.train_size = None if size is None else (int(size[0]), int(size[1]))
-        # checkpoints written before the baseline became a callback carry its sums in the module state
-        for key in ("mean_target_sum", "mean_target_count"):
-            checkpoint["state_dict"].pop(key, None)
 
     # --- training ------------------------------------------------------------------------------------
     def _generator(self, *salt: int) -> torch.Generator:
@@ -271,6 +269,7 @@ class PPDLightningModule(L.LightningModule):
                 grad_loss_weight=self.grad_loss_weight,
                 grad_loss_scales=self.grad_loss_scales,
                 target=self.target,
+                check_t_range=False,  # drawn just above from LogitNormalTimesteps: no GPU sync per step
             )
         finally:
             if hook is not None:

@@ -1,69 +1,17 @@
-"""Checks ``train()`` runs before anything expensive: config types (a key named in the message rather
-than ``TypeError: '<' not supported`` from deep inside), image sizes the model can take (before the first
-step, not after an epoch), and a warning for more CPU processes than cores."""
+"""Checks ``train()`` runs once the model and data are built, before anything expensive: image sizes the
+model can take (before the first step, not after an epoch), and a warning for more CPU processes than
+cores. Config types and bounds are checked earlier, against ``training.config.TrainSchema``."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from ppd_lightning.errors import ConfigError, check_config
+from ppd_lightning.errors import ConfigError
 
 log = logging.getLogger("ppd_lightning.train")
-
-#: keys the training code compares or computes with: (kind, lower bound); see errors.check_config
-TRAIN_CONFIG_TYPES: dict[str, tuple[str, float | None]] = {
-    "seed": ("int", None),
-    "data.batch_size": ("int", 1),
-    "data.val_batch_size": ("int?", 1),
-    "data.num_workers": ("int", 0),
-    "data.train_size": ("size", 1),
-    "data.val_size": ("size", 1),
-    "data.epoch_batches": ("int", 1),
-    "data.shuffle_buffer": ("int", 0),
-    "model.val_steps": ("int", 1),
-    "model.ema_decay": ("float?", 0),
-    "model.grad_loss_weight": ("float", 0),
-    "model.align_loss_weight": ("float", 0),
-    "model.max_bad_steps": ("int", 1),
-    "model.optimizer.lr": ("float", 0),
-    "model.optimizer.weight_decay": ("float", 0),
-    "trainer.max_steps": ("int", -1),
-    "trainer.max_epochs": ("int?", -1),
-    "trainer.num_nodes": ("int", 1),
-    "trainer.accumulate_grad_batches": ("int", 1),
-    "trainer.gradient_clip_val": ("float?", 0),
-    "trainer.log_every_n_steps": ("int", 1),
-    "trainer.check_val_every_n_epoch": ("int?", 1),
-}
-
-
-def check_train_config(cfg: Mapping) -> None:
-    """Types and bounds of :data:`TRAIN_CONFIG_TYPES`, and ``trainer.devices``; :class:`ConfigError`
-    naming the key otherwise."""
-    check_config(cfg, TRAIN_CONFIG_TYPES)
-    trainer = cfg.get("trainer") or {}
-    if "devices" in trainer:
-        devices = trainer["devices"]
-        ok = (
-            (isinstance(devices, str) and re.fullmatch(r"\s*(auto|-1|\d+|\d+(\s*,\s*\d+)+,?)\s*", devices))
-            or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= -1 and devices != 0)
-            or (
-                not isinstance(devices, (str, bytes, int))
-                and hasattr(devices, "__len__")
-                and len(devices) > 0
-                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
-            )
-        )
-        if not ok:
-            raise ConfigError(
-                "trainer.devices: expected a positive integer, -1 (all), 'auto' or a list of device "
-                f"indices, got {devices!r}"
-            )
-
 
 def check_sizes(model: Any, datamodule: Any) -> None:
     """Training and validation crops must be multiples of the DiT's size multiple (its patching and the

@@ -16,6 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ppd_lightning import atomic
+from ppd_lightning.errors import MissingFileError, is_user_error
+from ppd_lightning.weights.checkpoints import dit_state
 
 log = logging.getLogger("ppd_lightning.train")
 
@@ -30,32 +32,44 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         log.warning("ckpt_path=last but %s does not exist: starting from scratch", last)
         return None
     if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        raise MissingFileError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
 
 
 def init_dit_weights(model, source: str) -> None:
     """Start from given DiT weights (a released ppd.pth, an exported .safetensors, or one of our training
     checkpoints, whose EMA weights are taken), without optimizer state. Keys and shapes must match."""
-    from ppd_lightning.weights import dit_state, load_strict
-
-    sd, name = dit_state(source, use_ema=True)
-    load_strict(model.dit, sd, name)
+    state = dit_state(source, use_ema=True)
+    state.load_into(model.dit)
     if model.ema_dit is not None:
         model.ema_dit.load_state_dict(model.dit.state_dict())
-    log.info("initialised the DiT from %s", name)
+    log.info("initialised the DiT from %s", state.name)
+
+
+def instantiate(cfg: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that an error of ours raised by the constructor is raised as
+    itself (one line, naming the key), not inside Hydra's ``InstantiationException``."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        if is_user_error(e.__cause__):
+            raise e.__cause__ from None
+        raise
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
-    return [hydra.utils.instantiate(c) for _, c in cfg.items() if c is not None and "_target_" in c]
+    return [instantiate(c) for _, c in cfg.items() if c is not None and "_target_" in c]
 
 
 def instantiate_loggers(cfg: DictConfig | None, output_dir: Path, resume: bool) -> list[Any]:
     """The configured loggers, continuing the run's history when ``resume``: our CSV logger keeps the
     rows before the resumed step, and a W&B logger without an explicit id gets the run's recorded id
     (``<run dir>/wandb_run_id``; a new one, recorded, when not resuming)."""
+    from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from ppd_lightning.training.loggers import ResumableCSVLogger, wandb_run_id
@@ -67,10 +81,11 @@ def instantiate_loggers(cfg: DictConfig | None, output_dir: Path, resume: bool) 
         if c is None or "_target_" not in c:
             continue
         overrides = {}
-        if str(c["_target_"]).endswith("WandbLogger") and not c.get("id") and not c.get("version"):
+        is_wandb = issubclass(hydra.utils.get_class(c["_target_"]), WandbLogger)
+        if is_wandb and not c.get("id") and not c.get("version"):
             # only rank 0 logs to W&B (and records the id); the other ranks' id is never used
             overrides["id"] = wandb_run_id(output_dir, resume, write=rank_zero_only.rank == 0)
-        logger = hydra.utils.instantiate(c, **overrides)
+        logger = instantiate(c, **overrides)
         if isinstance(logger, ResumableCSVLogger):
             logger.resume = resume
         loggers.append(logger)
@@ -153,7 +168,8 @@ def write_demo_image(callbacks: list, path: Path) -> Path | None:
 
 
 def train(cfg: DictConfig) -> dict:
-    from ppd_lightning.training.preflight import check_sizes, check_train_config, warn_cpu_oversubscription
+    from ppd_lightning.training.config import check_train_config
+    from ppd_lightning.training.preflight import check_sizes, warn_cpu_oversubscription
 
     check_train_config(cfg)  # a bad key is one error naming it, before any data or model is built
     warn_cpu_oversubscription(cfg.trainer)
@@ -163,8 +179,8 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # its prepare_data makes missing shards
-    model = hydra.utils.instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, _convert_="all")  # its prepare_data makes missing shards
+    model = instantiate(cfg.model)
     check_sizes(model, datamodule)  # train and val crops fit the DiT: checked before the first step
     if cfg.get("init_dit"):
         init_dit_weights(model, cfg.init_dit)
@@ -177,7 +193,7 @@ def train(cfg: DictConfig) -> dict:
     loggers = instantiate_loggers(cfg.get("logger"), output_dir, resume=ckpt_path is not None)
     from ppd_lightning.training.checkpoint import RESUMABLE_KEYS, AtomicCheckpointIO
 
-    trainer: L.Trainer = hydra.utils.instantiate(
+    trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,

@@ -9,28 +9,55 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from ppd_lightning.errors import CheckpointError
 
-StateSource = str | os.PathLike | Mapping[str, torch.Tensor]
+WeightsLike = str | os.PathLike | Mapping[str, torch.Tensor]
 
 __all__ = [
-    "StateSource",
+    "StateDict",
+    "WeightsLike",
+    "WeightFile",
     "as_state_dict",
     "load_strict",
     "load_torch_file",
     "read_object",
     "read_state_dict",
+    "require",
     "take_prefix",
 ]
 
 
-def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
-    """Path (.pth/.pt/.bin via weights_only torch.load, or .safetensors) or mapping -> (tensors, name)."""
-    if isinstance(source, Mapping):
-        return dict(source), "<state dict>"
+class WeightFile(NamedTuple):
+    """What a weight file holds (any object ``weights_only`` loading allows), and the name errors use."""
+
+    content: object
+    name: str
+
+
+class StateDict(NamedTuple):
+    """Tensors by key and the name of the file they came from: every error about them names it."""
+
+    tensors: dict[str, torch.Tensor]
+    name: str
+
+    def under(self, prefix: str, ignore: tuple[str, ...] = ()) -> StateDict:
+        """The tensors under ``prefix`` (stripped), see :func:`take_prefix`."""
+        return StateDict(take_prefix(self.tensors, prefix, self.name, ignore), self.name)
+
+    def require(self, key: str) -> torch.Tensor:
+        return require(self.tensors, key, self.name)
+
+    def load_into(self, module: torch.nn.Module) -> torch.nn.Module:
+        load_strict(module, self.tensors, self.name)
+        return module
+
+
+def read_state_dict(source: WeightsLike) -> StateDict:
+    """Path (.pth/.pt/.bin via weights_only torch.load, or .safetensors) or mapping -> StateDict."""
     return as_state_dict(*read_object(source))
 
 
@@ -68,17 +95,20 @@ def load_torch_file(source: str | os.PathLike, map_location="cpu") -> object:
         ) from e
 
 
-def read_object(source: str | os.PathLike) -> tuple[object, str]:
-    """What the file holds (weights_only torch.load or safetensors), and its name for messages."""
-    return load_torch_file(source), str(Path(source))
+def read_object(source: WeightsLike) -> WeightFile:
+    """What a path holds (weights_only torch.load or safetensors) or an already loaded mapping, named."""
+    if isinstance(source, Mapping):
+        return WeightFile(source, "<state dict>")
+    return WeightFile(load_torch_file(source), str(Path(source)))
 
 
-def as_state_dict(sd: object, path: str) -> tuple[dict[str, torch.Tensor], str]:
-    if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
-        sd = sd["state_dict"]  # a plain state dict saved inside a wrapper
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(sd).__name__}")
-    return dict(sd), path
+def as_state_dict(content: object, name: str) -> StateDict:
+    """A file's content as tensors by key (a plain state dict saved inside a 'state_dict' wrapper too)."""
+    if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
+        content = content["state_dict"]
+    if not isinstance(content, Mapping) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise CheckpointError(f"{name}: expected a state dict of tensors, got {type(content).__name__}")
+    return StateDict(dict(content), name)
 
 
 def take_prefix(sd: dict[str, torch.Tensor], prefix: str, name: str, ignore: tuple[str, ...] = ()) -> dict:

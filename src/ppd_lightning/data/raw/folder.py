@@ -29,23 +29,21 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import math
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
-from ...geometry import centred_camera, focal_from_hfov
+from ...geometry import centred_camera, focal_from_hfov, parse_intrinsics
+from ...visualize import IMAGE_SUFFIXES
 from ..codec import RawSample
-from . import SourceError, sanitize_key
+from . import RawDataError, sanitize_key
 from ._common import check_same_size, read_bytes, read_npy, read_png_u16, read_rgb
 
 NAME = "folder"
 LAYOUT = "images matched by --rgb-glob paired with depth maps by --depth-glob (or --list pairs.txt)"
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_EXTS = (".png", ".npy", ".exr", ".pfm")
 ASSUMED_HFOV_DEG = 60.0
 DEFAULT_NAME = "own"
@@ -55,41 +53,20 @@ DEFAULT_NAME = "own"
 
 
 def read_pfm(path: str | Path) -> np.ndarray:
-    """A single-channel PFM (``Pf``) as float32 (H, W), top row first.
-
-    Header: ``Pf`` (``PF`` = 3 channels), ``width height``, then a scale whose sign gives the byte
-    order (negative = little-endian); rows are stored bottom to top.
-    """
+    """A single-channel PFM (``Pf``) as float32 (H, W), top row first, decoded by OpenCV (both byte orders,
+    rows stored bottom to top). The stored values are returned as they are: OpenCV divides them by the
+    header's |scale|, which depth PFMs' readers ignore, so that division is undone."""
     data = read_bytes(path)
-    fields: list[bytes] = []
-    pos = 0
-    while len(fields) < 4:  # magic, width, height, scale: whitespace separated
-        while pos < len(data) and data[pos : pos + 1].isspace():
-            pos += 1
-        start = pos
-        while pos < len(data) and not data[pos : pos + 1].isspace():
-            pos += 1
-        if start == pos:
-            raise SourceError(f"{path}: truncated PFM header")
-        fields.append(data[start:pos])
-    pos += 1  # the single whitespace character that ends the header
-    magic = fields[0]
-    if magic not in (b"Pf", b"PF"):
-        raise SourceError(f"{path}: not a PFM file (magic {magic[:8]!r}, expected b'Pf')")
-    if magic == b"PF":
-        raise SourceError(f"{path}: a 3-channel PFM ('PF'); depth must be a single-channel 'Pf' file")
     try:
-        width, height, scale = int(fields[1]), int(fields[2]), float(fields[3])
-    except ValueError:
-        raise SourceError(f"{path}: bad PFM header {b' '.join(fields)!r}") from None
-    if width < 1 or height < 1 or scale == 0 or not math.isfinite(scale):
-        raise SourceError(f"{path}: bad PFM header (width {width}, height {height}, scale {scale})")
-    need = width * height * 4
-    if len(data) - pos < need:
-        raise SourceError(f"{path}: truncated PFM data ({len(data) - pos} bytes, expected {need})")
-    dtype = "<f4" if scale < 0 else ">f4"
-    arr = np.frombuffer(data, dtype=dtype, count=width * height, offset=pos).reshape(height, width)
-    return np.ascontiguousarray(arr[::-1]).astype(np.float32)
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # e.g. a zero width in the header
+        arr = None
+    header = re.match(rb"P[fF]\s+\d+\s+\d+\s+(\S+)\s", data[:64])
+    if arr is None or header is None:
+        raise RawDataError(f"{path}: not a readable PFM file (truncated, or not PFM)")
+    if arr.ndim != 2:
+        raise RawDataError(f"{path}: a 3-channel PFM ('PF'); depth must be a single-channel 'Pf' file")
+    return arr.astype(np.float32) * np.float32(abs(float(header.group(1))))
 
 
 def read_depth(path: Path, depth_scale: float | None, exr_channel: str | None = None) -> np.ndarray:
@@ -97,14 +74,14 @@ def read_depth(path: Path, depth_scale: float | None, exr_channel: str | None = 
     ext = path.suffix.lower()
     if ext == ".png":
         if depth_scale is None:
-            raise SourceError(f"{path}: 16-bit PNG depth needs --depth-scale (metres per unit, e.g. 0.001)")
+            raise RawDataError(f"{path}: 16-bit PNG depth needs --depth-scale (metres per unit, e.g. 0.001)")
         return read_png_u16(path).astype(np.float32) * np.float32(depth_scale)
     if ext == ".npy":
         arr = read_npy(path)
         if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
             arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:2])
         if arr.dtype.kind not in "fiu":
-            raise SourceError(f"{path}: depth .npy must hold numbers, got dtype {arr.dtype}")
+            raise RawDataError(f"{path}: depth .npy must hold numbers, got dtype {arr.dtype}")
     elif ext == ".exr":
         from .urbansyn import read_exr_channel
 
@@ -112,9 +89,9 @@ def read_depth(path: Path, depth_scale: float | None, exr_channel: str | None = 
     elif ext == ".pfm":
         arr = read_pfm(path)
     else:
-        raise SourceError(f"{path}: unsupported depth format {ext!r} (expected one of {DEPTH_EXTS})")
+        raise RawDataError(f"{path}: unsupported depth format {ext!r} (expected one of {DEPTH_EXTS})")
     if arr.ndim != 2:
-        raise SourceError(f"{path}: depth must be 2-D (H, W), got shape {arr.shape}")
+        raise RawDataError(f"{path}: depth must be 2-D (H, W), got shape {arr.shape}")
     arr = arr.astype(np.float32)
     return arr * np.float32(depth_scale) if depth_scale is not None else arr
 
@@ -122,27 +99,8 @@ def read_depth(path: Path, depth_scale: float | None, exr_channel: str | None = 
 def read_mask(path: Path) -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(read_bytes(path), np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise SourceError(f"{path}: mask is not a decodable image")
+        raise RawDataError(f"{path}: mask is not a decodable image")
     return arr > 0 if arr.ndim == 2 else (arr[..., :3] > 0).any(axis=-1)
-
-
-def parse_intrinsics(values: Any, where: str) -> tuple[float, float, float, float]:
-    """``fx,fy,cx,cy`` (a string or 4 numbers) or a 3x3 K (9 numbers) -> (fx, fy, cx, cy)."""
-    if isinstance(values, str):
-        values = [v for v in re.split(r"[\s,]+", values.strip()) if v]
-    try:
-        nums = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise SourceError(f"{where}: intrinsics must be numbers 'fx,fy,cx,cy', got {values!r}") from None
-    if len(nums) == 9:
-        nums = [nums[0], nums[4], nums[2], nums[5]]
-    if len(nums) != 4:
-        raise SourceError(
-            f"{where}: expected 4 intrinsics (fx fy cx cy) or a 3x3 K (9), got {len(nums)} values"
-        )
-    if not all(math.isfinite(v) for v in nums) or nums[0] <= 0 or nums[1] <= 0:
-        raise SourceError(f"{where}: intrinsics must be finite with fx, fy > 0, got {nums}")
-    return nums[0], nums[1], nums[2], nums[3]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,7 +132,7 @@ def _matcher(root: str, pattern: str | None, what: str):
             try:
                 p = pattern.format(stem=_stem(rgb), dir="" if d == "." else d)
             except (KeyError, IndexError, ValueError):
-                raise SourceError(
+                raise RawDataError(
                     f"--{what}-glob {pattern!r}: only {{stem}} and {{dir}} can be substituted"
                 ) from None
             return os.path.normpath(p.lstrip("/")).replace(os.sep, "/")
@@ -184,7 +142,7 @@ def _matcher(root: str, pattern: str | None, what: str):
     for p in _glob(root, pattern):
         s = _stem(p)
         if s in by_stem:
-            raise SourceError(
+            raise RawDataError(
                 f"--{what}-glob {pattern!r}: two files with the stem {s!r} ({by_stem[s]}, {p}); "
                 "use a {stem} template or --list"
             )
@@ -196,14 +154,14 @@ def _read_list(root: str, list_file: str) -> list[tuple[str, str, str, str]]:
     try:
         lines = Path(list_file).read_text().splitlines()
     except OSError as exc:
-        raise SourceError(f"{list_file}: cannot read the pair list ({exc.strerror or exc})") from None
+        raise RawDataError(f"{list_file}: cannot read the pair list ({exc.strerror or exc})") from None
     items = []
     for n, line in enumerate(lines, start=1):
         parts = line.split("#", 1)[0].split()
         if not parts:
             continue
         if len(parts) not in (2, 3):
-            raise SourceError(
+            raise RawDataError(
                 f"{list_file}:{n}: expected 'rgb depth [mask]' (paths relative to {root}), got {line!r}"
             )
         items.append((parts[0], parts[1], parts[2] if len(parts) == 3 else "", ""))
@@ -215,18 +173,18 @@ def _val_set(root: str, rgbs: list[str], val_fraction: float, val_list: str | No
         try:
             wanted = [ln.split("#", 1)[0].strip() for ln in Path(val_list).read_text().splitlines()]
         except OSError as exc:
-            raise SourceError(
+            raise RawDataError(
                 f"{val_list}: cannot read the validation list ({exc.strerror or exc})"
             ) from None
         wanted = [os.path.normpath(w).replace(os.sep, "/") for w in wanted if w]
         missing = sorted(set(wanted) - set(rgbs))
         if missing:
-            raise SourceError(
+            raise RawDataError(
                 f"{val_list}: {len(missing)} entries are not among the images under {root}: {missing[:5]}"
             )
         return set(wanted)
     if not 0.0 <= val_fraction < 1.0:
-        raise SourceError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise RawDataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0 or len(rgbs) < 2:
         return set()
     n_val = min(len(rgbs) - 1, max(1, round(len(rgbs) * val_fraction)))
@@ -255,9 +213,9 @@ def list_items(
             intr = _matcher(root, intrinsics_glob, "intrinsics")
             items = [(r, d, m, intr(r)) for r, d, m, _ in items]
     else:
-        rgbs = [p for p in _glob(root, rgb_glob) if Path(p).suffix.lower() in IMAGE_EXTS]
+        rgbs = [p for p in _glob(root, rgb_glob) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
         if not rgbs:
-            raise SourceError(f"no images ({', '.join(IMAGE_EXTS)}) match {root}/{rgb_glob} (--rgb-glob)")
+            raise RawDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) match {root}/{rgb_glob} (--rgb-glob)")
         depth, mask, intr = (
             _matcher(root, depth_glob, "depth"),
             _matcher(root, mask_glob, "mask"),
@@ -268,9 +226,9 @@ def list_items(
     rgbs = [it[0] for it in items]
     if len(set(rgbs)) != len(rgbs):
         dup = sorted({r for r in rgbs if rgbs.count(r) > 1})
-        raise SourceError(f"{list_file or root}: images listed more than once: {dup[:5]}")
+        raise RawDataError(f"{list_file or root}: images listed more than once: {dup[:5]}")
     if depth_scale is None and any(it[1].lower().endswith(".png") for it in items):
-        raise SourceError(
+        raise RawDataError(
             f"{root}: the depth maps are 16-bit PNGs: give --depth-scale (metres per unit, "
             "e.g. 0.001 for millimetres)"
         )
@@ -296,7 +254,7 @@ def load_item(
     rgb_rel, depth_rel, mask_rel, intr_rel = item
     rgb_path = Path(root) / rgb_rel
     if not depth_rel:
-        raise SourceError(f"{rgb_path}: no depth file pairs with it (--depth-glob {depth_glob!r})")
+        raise RawDataError(f"{rgb_path}: no depth file pairs with it (--depth-glob {depth_glob!r})")
     depth_path = Path(root) / depth_rel
     rgb, data = read_rgb(rgb_path)
     depth = read_depth(depth_path, depth_scale, exr_channel)
@@ -307,7 +265,7 @@ def load_item(
         mask_path = Path(root) / mask_rel
         mask = read_mask(mask_path)
         if mask.shape != depth.shape:
-            raise SourceError(f"{mask_path}: mask is {mask.shape} but {depth_path} is {depth.shape}")
+            raise RawDataError(f"{mask_path}: mask is {mask.shape} but {depth_path} is {depth.shape}")
     if intr_rel:
         intr_path = Path(root) / intr_rel
         text = read_bytes(intr_path).decode("utf-8", errors="replace")
@@ -336,31 +294,3 @@ def load_item(
 def item_files(item: tuple[str, ...]) -> list[str]:
     """The files (relative to the root) one item is made of (for the manifest's source fingerprints)."""
     return [p for p in item if p]
-
-
-def _check_own_shards(root: str, train_sources, val_sources) -> None:
-    for split, sources in (("train", train_sources), ("val", val_sources)):
-        for src in sources or []:
-            urls = src.get("urls")
-            local = isinstance(urls, str) and "://" not in urls and not urls.startswith("pipe:")
-            local = local and "{" not in urls
-            if local and not glob.glob(os.path.join(urls, "*.tar")) and not os.path.isfile(urls):
-                hint = " (write it with --val-fraction or --val-list)" if split == "val" else ""
-                raise FileNotFoundError(
-                    f"data.root={root}: no {split} shards in {urls}{hint}; make them with "
-                    f"`python -m ppd_lightning.data.make_shards folder <your folder> --out {root}`"
-                )
-
-
-def own_datamodule(root: str, **kwargs):
-    """``DepthShardDataModule`` over ``<root>/train`` and ``<root>/val`` written by ``make_shards folder``
-    (``kwargs`` go to it unchanged) whose ``setup`` first checks that those shards exist, with an error
-    saying how to make them. Building it reads nothing (configs compose and instantiate without data)."""
-    from ..datamodule import DepthShardDataModule
-
-    class OwnShardDataModule(DepthShardDataModule):
-        def setup(self, stage: str | None = None) -> None:
-            _check_own_shards(root, self.train_sources_cfg, self.val_sources_cfg)
-            super().setup(stage)
-
-    return OwnShardDataModule(**kwargs)

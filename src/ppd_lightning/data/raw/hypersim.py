@@ -19,7 +19,7 @@ import numpy as np
 
 from ...geometry import centred_camera
 from ..codec import RawSample
-from . import SourceError, sanitize_key
+from . import RawDataError, sanitize_key
 from ._common import read_rgb, rel
 
 NAME = "hypersim"
@@ -62,12 +62,12 @@ def load_item(root: str, item: tuple[str, str], **_options) -> RawSample:
     try:
         with h5py.File(h5, "r") as f:
             if "dataset" not in f:
-                raise SourceError(f"{h5}: no 'dataset' array (keys: {list(f)})")
+                raise RawDataError(f"{h5}: no 'dataset' array (keys: {list(f)})")
             dist = np.asarray(f["dataset"], dtype=np.float32)
     except OSError as exc:
-        raise SourceError(f"{h5}: cannot read HDF5 ({exc})") from None
+        raise RawDataError(f"{h5}: cannot read HDF5 ({exc})") from None
     if dist.shape != rgb.shape[:2]:
-        raise SourceError(f"{h5}: depth is {dist.shape} but {jpg} is {rgb.shape[:2]}")
+        raise RawDataError(f"{h5}: depth is {dist.shape} but {jpg} is {rgb.shape[:2]}")
     h, w = dist.shape
     pinhole = camera(h, w)
     with np.errstate(invalid="ignore"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codec import RawSample
-from . import SourceError, sanitize_key
+from . import RawDataError, sanitize_key
 from ._common import SKY_DEPTH, check_same_size, read_npy, read_rgb, rel
 
 NAME = "unrealstereo4k"
@@ -45,14 +45,14 @@ def read_camera(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
     except OSError as exc:
-        raise SourceError(f"{path}: cannot read camera file ({exc.strerror or exc})") from None
+        raise RawDataError(f"{path}: cannot read camera file ({exc.strerror or exc})") from None
     try:
         k = np.array(lines[0].split(), dtype=np.float64)
         e = np.array(lines[1].split(), dtype=np.float64)
     except (IndexError, ValueError):
-        raise SourceError(f"{path}: expected 2 lines of numbers (3x3 intrinsics, 3x4 extrinsics)") from None
+        raise RawDataError(f"{path}: expected 2 lines of numbers (3x3 intrinsics, 3x4 extrinsics)") from None
     if k.size != 9 or e.size != 12:
-        raise SourceError(f"{path}: expected 9 intrinsics and 12 extrinsics values, got {k.size}, {e.size}")
+        raise RawDataError(f"{path}: expected 9 intrinsics and 12 extrinsics values, got {k.size}, {e.size}")
     ext = np.eye(4)
     ext[:3] = e.reshape(3, 4)
     return k.reshape(3, 3), ext
@@ -68,9 +68,9 @@ def load_item(root: str, item: tuple[str, ...], **_options) -> RawSample:
     try:
         baseline = abs(float((e1 @ np.linalg.inv(e0))[0, 3]))
     except np.linalg.LinAlgError:
-        raise SourceError(f"{cam0_path}: extrinsics are not invertible") from None
+        raise RawDataError(f"{cam0_path}: extrinsics are not invertible") from None
     if baseline <= 0:
-        raise SourceError(f"{cam1_path}: zero stereo baseline against {cam0_path}")
+        raise RawDataError(f"{cam1_path}: zero stereo baseline against {cam0_path}")
     f = 0.5 * (k0[0, 0] + k0[1, 1])
     with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.where(disp > 0, f * baseline / disp, 0.0).astype(np.float32)

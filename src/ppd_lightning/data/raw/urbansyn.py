@@ -17,7 +17,7 @@ import numpy as np
 
 from ...geometry import centred_camera, focal_from_hfov
 from ..codec import RawSample
-from . import SourceError, sanitize_key
+from . import RawDataError, sanitize_key
 from ._common import SKY_DEPTH, check_same_size, read_rgb, rel
 
 NAME = "urbansyn"
@@ -43,11 +43,11 @@ def read_exr_channel(path: str | Path, channel: str | None = "Y") -> np.ndarray:
     try:
         import OpenEXR
     except ImportError:
-        raise SourceError(
+        raise RawDataError(
             f"{path}: reading EXR depth needs the OpenEXR package: pip install OpenEXR"
         ) from None
     if not Path(path).is_file():
-        raise SourceError(f"{path}: no such file")
+        raise RawDataError(f"{path}: no such file")
     try:
         with OpenEXR.File(str(path)) as f:
             channels = f.channels()
@@ -58,17 +58,17 @@ def read_exr_channel(path: str | Path, channel: str | None = "Y") -> np.ndarray:
                 else:
                     channel = next((c for c in EXR_DEPTH_CHANNELS if c in channels), None)
                     if channel is None:
-                        raise SourceError(
+                        raise RawDataError(
                             f"{path}: cannot tell which EXR channel is depth (has {names}); "
                             "name it with --exr-channel"
                         )
             if channel not in channels:
-                raise SourceError(f"{path}: no EXR channel {channel!r} (has {sorted(channels)})")
+                raise RawDataError(f"{path}: no EXR channel {channel!r} (has {sorted(channels)})")
             arr = np.asarray(channels[channel].pixels, dtype=np.float32)
     except (OSError, RuntimeError) as exc:
-        raise SourceError(f"{path}: cannot read EXR ({exc})") from None
+        raise RawDataError(f"{path}: cannot read EXR ({exc})") from None
     if arr.ndim != 2:
-        raise SourceError(f"{path}: EXR channel {channel!r} must be (H, W), got shape {arr.shape}")
+        raise RawDataError(f"{path}: EXR channel {channel!r} must be (H, W), got shape {arr.shape}")
     return arr
 
 

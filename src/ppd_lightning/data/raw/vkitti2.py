@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codec import RawSample
-from . import SourceError, sanitize_key
+from . import RawDataError, sanitize_key
 from ._common import check_same_size, read_png_u16, read_rgb, rel
 
 NAME = "vkitti2"
@@ -44,18 +44,18 @@ def read_intrinsics(path: str) -> dict[tuple[int, int], tuple[float, float, floa
     try:
         lines = Path(path).read_text().split("\n")
     except OSError as exc:
-        raise SourceError(f"{path}: cannot read intrinsics ({exc.strerror or exc})") from None
+        raise RawDataError(f"{path}: cannot read intrinsics ({exc.strerror or exc})") from None
     out = {}
     for n, line in enumerate(lines[1:], start=2):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 6:
-            raise SourceError(f"{path}:{n}: expected 'frame cameraID fx fy cx cy', got {line!r}")
+            raise RawDataError(f"{path}:{n}: expected 'frame cameraID fx fy cx cy', got {line!r}")
         try:
             out[(int(parts[0]), int(parts[1]))] = tuple(float(x) for x in parts[2:])
         except ValueError:
-            raise SourceError(f"{path}:{n}: non-numeric intrinsics {line!r}") from None
+            raise RawDataError(f"{path}:{n}: non-numeric intrinsics {line!r}") from None
     return out
 
 
@@ -68,7 +68,7 @@ def load_item(root: str, item: tuple[str, str, str], **_options) -> RawSample:
     camera = int(depth_path.parent.name.split("_", 1)[1])
     intr = read_intrinsics(str(intr_path))
     if (frame, camera) not in intr:
-        raise SourceError(f"{intr_path}: no intrinsics for frame {frame} camera {camera}")
+        raise RawDataError(f"{intr_path}: no intrinsics for frame {frame} camera {camera}")
     fx, fy, cx, cy = intr[(frame, camera)]
     sky = cm >= SKY_CM
     depth = cm.astype(np.float32) / 100.0
