@@ -27,13 +27,15 @@ keeps its customary factor 100).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torchmetrics import Metric
 
 from ppd_lightning.evaluation.reduce import sum_f64
 
-__all__ = ["METRIC_NAMES", "DepthMetrics", "depth_metrics_per_image"]
+__all__ = ["METRIC_NAMES", "DepthMetrics", "depth_metrics_per_image", "format_table"]
 
 METRIC_NAMES: tuple[str, ...] = (
     "abs_rel",
@@ -156,3 +158,24 @@ class DepthMetrics(Metric):
         if int(self.count) == 0:
             return {name: torch.tensor(float("nan"), dtype=torch.float64) for name in METRIC_NAMES}
         return {name: getattr(self, name) / c for name in METRIC_NAMES}
+
+
+def format_table(
+    results: Mapping[str, Mapping[str, Any]], columns: list[str] | None = None, count: str = "n_images"
+) -> str:
+    """A plain-text table, one row per benchmark: the ``count`` column, then ``columns`` (default: the
+    image metrics, lower-is-better then the deltas, and the edge Chamfer when any benchmark has it)."""
+    if columns is None:
+        columns = [*METRIC_NAMES] + (
+            ["edge_chamfer"] if any("edge_chamfer" in r for r in results.values()) else []
+        )
+    cols = [count, *columns]
+    cell = max(9, *(len(c) for c in cols))
+    width = max([9, *(len(n) for n in results)])
+    head = f"{'benchmark':<{width}} " + " ".join(f"{c:>{cell}}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for bench, r in results.items():
+        cells = [f"{int(r.get(count, 0)):>{cell}d}"]
+        cells += [f"{r.get(c, math.nan):>{cell}.4f}" for c in columns]
+        lines.append(f"{bench:<{width}} " + " ".join(cells))
+    return "\n".join(lines)

@@ -213,8 +213,7 @@ def build_predictor(cfg) -> Predictor:
         raise ConfigError(
             "choose exactly one prediction source: predictions=<DIR> (saved .npy of any method), "
             "ckpt=<our checkpoint>, or official.dit=<ppd.pth> official.semantics=<depth_anything_v2_vitl.pth> "
-            "(or a released name: official.dit=ppd)"
-            + (f" (got {', '.join(chosen)})" if chosen else "")
+            "(or a released name: official.dit=ppd)" + (f" (got {', '.join(chosen)})" if chosen else "")
         )
     if chosen[0] == "predictions":
         return SavedPredictions(cfg.predictions)

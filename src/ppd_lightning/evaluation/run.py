@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import io
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from ppd_lightning.evaluation.config import EvaluateConfig
 from ppd_lightning.evaluation.datasets import PINNED_SPLITS, build_benchmark
 from ppd_lightning.evaluation.edges import EdgeChamfer
 from ppd_lightning.evaluation.files import UnsafeNameError, confine_name
-from ppd_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, depth_metrics_per_image
+from ppd_lightning.evaluation.metrics import METRIC_NAMES, DepthMetrics, depth_metrics_per_image, format_table
 from ppd_lightning.evaluation.predictors import Prediction, Predictor, build_predictor, resolve_device
 from ppd_lightning.evaluation.protocols import Prepared, Protocol, get_protocol
 from ppd_lightning.evaluation.video_run import evaluate_video, is_video_config
@@ -269,23 +268,6 @@ def _groups(shapes: list[tuple]) -> list[list[int]]:
     for i, s in enumerate(shapes):
         groups.setdefault(tuple(s), []).append(i)
     return list(groups.values())
-
-
-def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """A plain-text table: one row per benchmark, lower-is-better metrics then the deltas."""
-    cols = ["n_images", *METRIC_NAMES]
-    if any("edge_chamfer" in r for r in results.values()):
-        cols.append("edge_chamfer")
-    width = max([9, *(len(n) for n in results)])
-    head = f"{'benchmark':<{width}} " + " ".join(f"{c:>9}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for bench, r in results.items():
-        cells = []
-        for c in cols:
-            v = r.get(c, math.nan)
-            cells.append(f"{int(v):>9d}" if c == "n_images" else f"{v:>9.4f}")
-        lines.append(f"{bench:<{width}} " + " ".join(cells))
-    return "\n".join(lines)
 
 
 def evaluate(cfg: Any) -> dict[str, dict[str, float]]:

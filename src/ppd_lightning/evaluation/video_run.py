@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ppd_lightning import atomic
 from ppd_lightning.errors import ConfigError, DivergenceError, InputError, MissingFileError
 from ppd_lightning.evaluation.files import confine_name
+from ppd_lightning.evaluation.metrics import format_table
 from ppd_lightning.evaluation.video_datasets import (
     SavedVideoPredictions,
     VideoBenchmark,
@@ -382,18 +383,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def format_video_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    cols = ["n_sequences", *DEPTH_METRICS, "tae"]
-    cols = [c for c in cols if any(c in r for r in results.values())]
-    width = max([9, *(len(n) for n in results)])
-    head = f"{'benchmark':<{width}} " + " ".join(f"{c:>11}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for bench, r in results.items():
-        cells = []
-        for c in cols:
-            v = r.get(c, math.nan)
-            cells.append(f"{int(v):>11d}" if c == "n_sequences" else f"{v:>11.4f}")
-        lines.append(f"{bench:<{width}} " + " ".join(cells))
-    return "\n".join(lines)
+    cols = [c for c in (*DEPTH_METRICS, "tae") if any(c in r for r in results.values())]
+    return format_table(results, cols, count="n_sequences")
 
 
 # -- the command ------------------------------------------------------------------------------------
