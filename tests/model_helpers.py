@@ -1,5 +1,6 @@
 """Tiny models and the reference-fixture location, shared by the model tests."""
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -11,6 +12,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 def reference_dir() -> Path:
     return Path(os.environ.get("PPD_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+
+
+def reference_case(name: str) -> tuple[dict, dict]:
+    """A fixture of the official code, ``<name>.safetensors`` and its ``<name>.json`` (skips when absent)."""
+    import pytest
+    from safetensors.torch import load_file
+
+    path = reference_dir() / f"{name}.safetensors"
+    if not path.is_file():
+        pytest.skip(f"reference fixture {path} not found (set PPD_REFERENCE_DIR)")
+    return load_file(str(path)), json.loads((reference_dir() / f"{name}.json").read_text())
+
+
+def fixture_state_dict(tensors: dict) -> dict:
+    """The ``state_dict.*`` tensors of a fixture, without the prefix."""
+    return {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
 
 
 def tiny_dit(variant="cascade", **kw):

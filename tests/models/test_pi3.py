@@ -1,45 +1,21 @@
 """Pi3's semantics (PPVD's encoder): parity with the official code, the loader on tiny files in Pi3's
 safetensors format, and its failure paths."""
 
-import json
-
 import pytest
 import torch
-from model_helpers import PI3_NON_SEMANTIC, pi3_checkpoint, reference_dir
-from safetensors.torch import load_file, save_file
+from model_helpers import PI3_NON_SEMANTIC, fixture_state_dict, pi3_checkpoint, reference_case
+from safetensors.torch import save_file
 
 from ppd_lightning.errors import CheckpointError
 from ppd_lightning.models.pi3 import Pi3Semantics
 from ppd_lightning.weights.ppvd import is_pi3_checkpoint, load_pi3_semantics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Tiny tensors: one thread (on a shared CPU, synchronising threads costs more than they gain); the
-    slow fixture checks keep the configured threads."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _fixture(name):
-    path = reference_dir() / f"{name}.safetensors"
-    if not path.is_file():
-        pytest.skip(f"reference fixture {path} not found (set PPD_REFERENCE_DIR)")
-    return load_file(str(path)), json.loads((reference_dir() / f"{name}.json").read_text())
-
-
-def _state_dict(tensors):
-    return {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pi3_semantics_match_the_official_code():
-    tensors, meta = _fixture("pi3_semantics")
-    sd = _state_dict(tensors)
+    tensors, meta = reference_case("pi3_semantics")
+    sd = fixture_state_dict(tensors)
     assert all(any(k.startswith(p) for k in sd) for p in meta["non_semantic_prefixes"])
     model = load_pi3_semantics(sd)
     assert model.registers == meta["decoder"]["register_tokens"]

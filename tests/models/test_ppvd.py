@@ -1,32 +1,22 @@
 """PixelPerfectVideoDepth: the release's window schedule, channel order and stitching, streaming in
 bounded memory, parity with the official pipeline (slow), and the input errors."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import pi3_checkpoint, reference_dir, video_dit_checkpoint
-from safetensors.torch import load_file
+from model_helpers import (
+    pi3_checkpoint,
+    reference_case,
+    video_dit_checkpoint,
+)
 
 from ppd_lightning.errors import InputError
 from ppd_lightning.flow import EulerSampler
 from ppd_lightning.video import PixelPerfectVideoDepth
 from ppd_lightning.weights.ppvd import load_pi3_semantics, load_video_dit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Tiny tensors: one thread (on a shared CPU, synchronising threads costs more than they gain); the
-    slow fixture checks keep the configured threads."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed=0, **kw) -> PixelPerfectVideoDepth:
@@ -189,16 +179,9 @@ def test_input_errors():
         PixelPerfectVideoDepth(model.dit, model.semantics, keyframes=(0, 8))
 
 
-def _fixture(name):
-    path = reference_dir() / f"{name}.safetensors"
-    if not path.is_file():
-        pytest.skip(f"reference fixture {path} not found (set PPD_REFERENCE_DIR)")
-    return load_file(str(path)), json.loads((reference_dir() / f"{name}.json").read_text())
-
-
 @pytest.mark.slow  # 8 DiT forwards on 16 frames at 512x512: ~15-25 min on 2 CPU cores
 def test_ppvd_pipeline_matches_the_official_code():
-    tensors, meta = _fixture("ppvd_pipeline")
+    tensors, meta = reference_case("ppvd_pipeline")
     sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     dit = load_video_dit({k: v for k, v in sd.items() if k.startswith("dit_video.")})
     semantics = load_pi3_semantics({k: v for k, v in sd.items() if not k.startswith("dit_video.")})

@@ -1,45 +1,26 @@
 """DiT_Video (PPVD's DiT): parity with the official code, the position embedding, the window's
 attention pattern (reference tokens, temporal blocks), the ppvd.pth loader and its failure paths."""
 
-import json
-
 import pytest
 import torch
-from model_helpers import reference_dir, released_dit_checkpoint, tiny_video_dit, video_dit_checkpoint
-from safetensors.torch import load_file
+from model_helpers import (
+    fixture_state_dict,
+    reference_case,
+    released_dit_checkpoint,
+    tiny_video_dit,
+    video_dit_checkpoint,
+)
 
 from ppd_lightning.errors import CheckpointError
 from ppd_lightning.models.video_dit import VideoDiT, sincos_pos_embed
 from ppd_lightning.weights.ppvd import infer_video_dit_config, load_video_dit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Tiny tensors: one thread (on a shared CPU, synchronising threads costs more than they gain); the
-    slow fixture checks keep the configured threads."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _fixture(name):
-    path = reference_dir() / f"{name}.safetensors"
-    if not path.is_file():
-        pytest.skip(f"reference fixture {path} not found (set PPD_REFERENCE_DIR)")
-    return load_file(str(path)), json.loads((reference_dir() / f"{name}.json").read_text())
-
-
-def _state_dict(tensors):
-    return {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sizes_inferred_from_the_fixture_and_its_sincos_embedding():
-    tensors, meta = _fixture("video_dit")
-    sd = {k[len("dit_video.") :]: v for k, v in _state_dict(tensors).items()}
+    tensors, meta = reference_case("video_dit")
+    sd = {k[len("dit_video.") :]: v for k, v in fixture_state_dict(tensors).items()}
     cfg = infer_video_dit_config(sd)
     assert (cfg["hidden_size"], cfg["depth"], cfg["num_heads"], cfg["patch_size"]) == (
         meta["hidden"], meta["depth"], meta["num_heads"], meta["patch_size"],
@@ -55,8 +36,8 @@ def test_sizes_inferred_from_the_fixture_and_its_sincos_embedding():
 
 @pytest.mark.slow  # one 16-frame 512x512 forward: ~85 s on 2 CPU cores
 def test_video_dit_matches_the_official_code():
-    tensors, meta = _fixture("video_dit")
-    dit = load_video_dit(_state_dict(tensors))
+    tensors, meta = reference_case("video_dit")
+    dit = load_video_dit(fixture_state_dict(tensors))
     S = dit.input_size
     g = torch.Generator().manual_seed(meta["input_seed"])
     x = torch.randn(16, dit.in_channels, S, S, generator=g)
